@@ -1,0 +1,280 @@
+"""CPU compatibility layer for megatron-core on a CUDA-less torch build (gloo backend).
+
+megatron-core assumes CUDA in a handful of places. On a machine without CUDA (a laptop, a CI
+runner) the project still runs the real megatron-core: this module patches exactly those
+places, and nothing else.
+
+Rules:
+- :func:`apply` is a no-op where ``torch.cuda.is_available()``: GPUs run megatron-core untouched.
+- Each patch is a :class:`Patch` with a one-line reason and a list of the megatron-core
+  versions it was measured to be needed on. ``tests/unit/distributed/test_cpu_compat.py``
+  runs the scenario that needs each patch with that patch switched off, and expects the
+  failure; when a megatron-core upgrade makes a patch obsolete, that test fails and names it.
+- A patch can be switched off with ``NEMO_GIFT_CPU_COMPAT_SKIP=name1,name2`` (for that test).
+- Factory calls with a hard-coded ``device="cuda"`` are rewritten only inside the megatron-core
+  modules that contain them (a module-local ``torch`` proxy), not by a global function mode,
+  so nothing else pays a per-op dispatch cost.
+
+Known not to work on CPU, and refused by config validation (see :data:`CPU_UNSUPPORTED`):
+the distributed optimizer (CUDA tensor-type checks) and sequence parallelism (the local
+layer spec's torch LayerNorm asserts; it needs Apex or Transformer Engine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import types
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Patch", "PATCHES", "CPU_UNSUPPORTED", "apply", "applied", "cpu_mode"]
+
+SKIP_ENV = "NEMO_GIFT_CPU_COMPAT_SKIP"
+
+CPU_UNSUPPORTED = {
+    "use_distributed_optimizer": (
+        "megatron-core's distributed optimizer checks for torch.cuda tensor types; "
+        "on CPU set use_distributed_optimizer=false"
+    ),
+    "sequence_parallel": (
+        "sequence parallelism needs the Apex or Transformer Engine LayerNorm; the local "
+        "layer spec's torch norm asserts. On CPU set sequence_parallel=false"
+    ),
+}
+"""Features that cannot run on the CPU stack, with the message validation gives for each."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One CPU patch of megatron-core."""
+
+    name: str
+    """Identifier, also used by ``NEMO_GIFT_CPU_COMPAT_SKIP``."""
+    reason: str
+    """One line: what fails on CPU without it."""
+    needed_on: str
+    """The megatron-core versions on which the need was measured."""
+    fn: Callable[[], None]
+    """Applies the patch; idempotent."""
+
+
+_APPLIED: list[str] = []
+
+
+def cpu_mode() -> bool:
+    """True where the patches apply: this torch has no usable CUDA device."""
+    return not torch.cuda.is_available()
+
+
+def applied() -> list[str]:
+    """Names of the patches applied in this process, in order."""
+    return list(_APPLIED)
+
+
+# --------------------------------------------------------------------------------------------
+# The patches
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_device(device):
+    """Map a ``cuda``/``cuda:N`` device spec (str, int index or torch.device) to ``cpu``."""
+    if device is None:
+        return None
+    if isinstance(device, int) or torch.device(device).type == "cuda":
+        return torch.device("cpu")
+    return device
+
+
+class _CpuTorch(types.ModuleType):
+    """A stand-in for ``torch`` inside one megatron-core module: tensor factories that name a
+    CUDA device get the CPU instead; every other attribute is the real ``torch``'s."""
+
+    _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "zeros_like", "empty_like")
+
+    def __init__(self):
+        super().__init__("torch")
+        for name in self._FACTORIES:
+            setattr(self, name, self._wrap(getattr(torch, name)))
+
+    @staticmethod
+    def _wrap(factory):
+        def cpu_factory(*args, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _cpu_device(kwargs["device"])
+            kwargs.pop("pin_memory", None)
+            return factory(*args, **kwargs)
+
+        cpu_factory.__name__ = factory.__name__
+        return cpu_factory
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+# megatron-core modules that create tensors with a literal device="cuda".
+_HARDCODED_CUDA_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",  # total_num_tokens = torch.zeros(..., device="cuda")
+    "megatron.core.optimizer.clip_grads",  # grad-norm buffers on "cuda"
+    "megatron.core.optimizer.optimizer",  # found_inf / _scale_one on "cuda"
+    "megatron.core.distributed.param_and_grad_buffer",  # warm-up tensor on "cuda"
+    "megatron.core.tensor_parallel.data",  # broadcast_data sizes on "cuda"
+    "megatron.core.utils",  # local_multi_tensor_l2_norm (the no-Apex grad norm) on "cuda"
+)
+
+
+def _patch_current_device():
+    torch.cuda.current_device = lambda: torch.device("cpu")
+
+
+def _patch_rng():
+    import megatron.core.tensor_parallel.random as mp_random
+
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    torch.cuda.get_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    torch.cuda.manual_seed = torch.manual_seed
+
+
+def _patch_hardcoded_cuda():
+    proxy = _CpuTorch()
+    for name in _HARDCODED_CUDA_MODULES:
+        module = importlib.import_module(name)
+        if module.__dict__.get("torch") is torch:
+            module.torch = proxy
+    # Tensor.cuda() (optimizer state restore) and .pin_memory() (offload paths): identity on CPU.
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
+
+
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """Device-agnostic twin of megatron-core's helper: scale every grad by
+    ``max_norm / (total_norm + 1e-6)`` when that is below 1 (the same formula)."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attr).detach() for p in parameters if getattr(p, attr, None) is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
+def _patch_clip_grad():
+    import megatron.core.optimizer.clip_grads as clip_grads
+    import megatron.core.optimizer.optimizer as optimizer
+
+    clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+
+
+class _NullStream:
+    """Stands in for a CUDA stream: on CPU every op is already ordered."""
+
+    def wait_event(self, *args, **kwargs):
+        return None
+
+    def wait_stream(self, *args, **kwargs):
+        return None
+
+    def record_event(self, *args, **kwargs):
+        return None
+
+    def synchronize(self):
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _patch_sync_and_streams():
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_stream = lambda *args, **kwargs: _NullStream()
+    torch.cuda.default_stream = lambda *args, **kwargs: _NullStream()
+
+
+def _patch_gloo_scatter():
+    if getattr(dist.scatter, "_nemo_gift_contiguous", False):
+        return
+    scatter = dist.scatter
+
+    def contiguous_scatter(tensor, scatter_list=None, *args, **kwargs):
+        if scatter_list is not None:
+            scatter_list = [t.contiguous() for t in scatter_list]
+        return scatter(tensor, scatter_list, *args, **kwargs)
+
+    contiguous_scatter._nemo_gift_contiguous = True
+    dist.scatter = contiguous_scatter
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "current_device",
+        "torch.cuda.current_device() picks the device of new tensors all over megatron-core "
+        "(rotary embeddings, TP mappings, layers) and raises on a CPU build",
+        "0.16.1",
+        _patch_current_device,
+    ),
+    Patch(
+        "rng",
+        "model_parallel_cuda_manual_seed and the RNG tracker's fork() read and write the CUDA "
+        "RNG state; point them at the CPU generator",
+        "0.16.1",
+        _patch_rng,
+    ),
+    Patch(
+        "hardcoded_cuda",
+        'pipeline schedules, grad clipping and the optimizer create tensors with device="cuda" '
+        "and call .cuda()/.pin_memory()",
+        "0.16.1",
+        _patch_hardcoded_cuda,
+    ),
+    Patch(
+        "clip_grad",
+        "clip_grad_by_total_norm_fp32 asserts that every grad is a torch.cuda.FloatTensor",
+        "0.16.1",
+        _patch_clip_grad,
+    ),
+    Patch(
+        "sync_and_streams",
+        "DDP's offload_grad_buffers/restore_grad_buffers (freeing grads during rollouts) call "
+        "torch.cuda.synchronize, and 0.19's start_grad_sync calls current_stream",
+        "0.16.1 (synchronize), 0.19.2 (current_stream)",
+        _patch_sync_and_streams,
+    ),
+    Patch(
+        "gloo_contiguous_scatter",
+        "gloo's scatter silently sends wrong data for non-contiguous inputs (a torch/gloo bug, "
+        "hit by TP weight loading of row-parallel shards); make the inputs contiguous",
+        "torch 2.13.0 gloo (any megatron-core)",
+        _patch_gloo_scatter,
+    ),
+)
+
+
+def apply() -> list[str]:
+    """Apply every patch not skipped by ``NEMO_GIFT_CPU_COMPAT_SKIP``; a no-op with CUDA.
+
+    Call it in every process before megatron-core builds a model (the project's entry
+    points and the test harness do). Idempotent. Returns the names applied so far.
+    """
+    if not cpu_mode():
+        return []
+    skip = {s.strip() for s in os.environ.get(SKIP_ENV, "").split(",") if s.strip()}
+    unknown = skip - {p.name for p in PATCHES}
+    if unknown:
+        raise ValueError(
+            f"{SKIP_ENV} names unknown patches {sorted(unknown)}; known: {[p.name for p in PATCHES]}"
+        )
+    for patch in PATCHES:
+        if patch.name in skip or patch.name in _APPLIED:
+            continue
+        patch.fn()
+        _APPLIED.append(patch.name)
+    return applied()

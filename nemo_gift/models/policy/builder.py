@@ -1,0 +1,118 @@
+"""Build a megatron-core ``GPTModel`` (one pipeline stage of it) from the typed configs.
+
+    ps.initialize_model_parallel(tp, pp)      # nemo_gift.distributed.parallel.initialize
+    model = build_gpt_model(model_cfg, parallel_cfg)
+
+The local (non-Transformer-Engine) layer spec is used here; it is what runs on CPU, and the
+numerical reference for the Transformer Engine spec on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig):
+    """The megatron-core ``TransformerConfig`` for this model and layout."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dtype = _DTYPES[parallel.params_dtype]
+    on_cpu = not torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.query_groups,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=model.add_qkv_bias,
+        qk_layernorm=model.qk_layernorm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype is torch.bfloat16,
+        fp16=dtype is torch.float16,
+        use_cpu_initialization=on_cpu,
+        # The fused kernels are CUDA kernels; their unfused forms are exact equivalents.
+        masked_softmax_fusion=not on_cpu,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+    )
+
+
+def layer_spec(model: ModelConfig):
+    """The local megatron-core layer spec for this architecture."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization="RMSNorm")
+
+
+def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
+    """This rank's pipeline stage of the policy, built after model parallelism is initialized.
+
+    Args:
+        model: the architecture.
+        parallel: the layout (must match ``parallel_state``'s).
+        spec: a layer spec; defaults to :func:`layer_spec`.
+
+    Returns:
+        A ``megatron.core.models.gpt.GPTModel`` whose forward returns vocab-parallel logits
+        ``[b, s, V/TP]`` on the last stage (``parallel_output=True``) and hidden states elsewhere.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    parallel.validate_for(model, cuda=torch.cuda.is_available())
+    return GPTModel(
+        config=transformer_config(model, parallel),
+        transformer_layer_spec=spec if spec is not None else layer_spec(model),
+        vocab_size=model.vocab_size,
+        max_sequence_length=model.max_position_embeddings,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=model.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(model.rotary_base),
+    )
+
+
+def wrap_for_training(model, parallel: ParallelConfig):
+    """Wrap a stage in megatron-core's ``DistributedDataParallel`` and register the grad
+    finalization that ``forward_backward_func`` runs after the last micro-batch.
+
+    That finalization all-reduces the grads over DP, the replicated q/k-norm grads over TP
+    (each TP rank only sees its own heads), and the tied embedding grads over the first and
+    last PP stages. Grads land in each parameter's ``main_grad`` (fp32).
+    """
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+    ddp = DistributedDataParallel(
+        config=model.config,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=parallel.use_distributed_optimizer,
+        ),
+        module=model,
+    )
+    model.config.finalize_model_grads_func = finalize_model_grads
+    return ddp
