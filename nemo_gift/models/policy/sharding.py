@@ -25,18 +25,28 @@ def _is_swiglu_fc1(name: str, model) -> bool:
     return name.endswith("mlp.linear_fc1.weight") and model.config.gated_linear_unit
 
 
+def stage_to_global_name(name: str, pp_rank: int, layers_per_stage: int, tied: bool) -> str:
+    """The TP=1/PP=1 name of parameter ``name`` of pipeline stage ``pp_rank`` (no process
+    groups needed: checkpoints are unsharded offline with it)."""
+    m = _LAYER.match(name)
+    if m:
+        return f"{m.group(1)}{int(m.group(2)) + pp_rank * layers_per_stage}{m.group(3)}"
+    if name == "output_layer.weight" and tied:
+        return "embedding.word_embeddings.weight"
+    return name
+
+
 def global_name(name: str, model) -> str:
     """The TP=1/PP=1 name of this stage's parameter ``name``."""
     from megatron.core import parallel_state as ps
 
-    pp_rank = ps.get_pipeline_model_parallel_rank()
-    offset = pp_rank * model.config.num_layers // ps.get_pipeline_model_parallel_world_size()
-    m = _LAYER.match(name)
-    if m:
-        return f"{m.group(1)}{int(m.group(2)) + offset}{m.group(3)}"
-    if name == "output_layer.weight" and getattr(model, "share_embeddings_and_output_weights", False):
-        return "embedding.word_embeddings.weight"
-    return name
+    pp = ps.get_pipeline_model_parallel_world_size()
+    return stage_to_global_name(
+        name,
+        ps.get_pipeline_model_parallel_rank(),
+        model.config.num_layers // pp,
+        getattr(model, "share_embeddings_and_output_weights", False),
+    )
 
 
 def shard(full: torch.Tensor, param: torch.Tensor, name: str, model) -> torch.Tensor:

@@ -1,0 +1,341 @@
+"""The typed run configuration: every key a recipe in ``conf/`` may set, and its validation.
+
+A recipe is composed by Hydra (``defaults:`` overlays), then becomes a :class:`RunConfig`
+through :func:`nemo_gift.config.convert.from_dict` (unknown keys and wrong types fail, naming
+the key), and :func:`validate` checks the whole before any work starts: the parallel layout
+against the model and the world size, the batch arithmetic, G >= 2, lengths, paths, and the
+extras that the chosen engine, FP8 or NeMo-Aligner need.
+
+Batch symbols (docs/gift-math.md): B prompts per rollout step (``trainer.prompts_per_step``),
+G responses each (``rollout.group_size``), so N = B*G sequences; the optimizer steps once per
+mini-batch of ``trainer.mini_batch_prompts`` prompts (the paper: B=1024, mini-batch 256, so 4
+optimizer steps per rollout batch); each mini-batch runs in micro-batches of
+``trainer.micro_batch_size`` sequences per data-parallel rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.config.convert import ConfigError, from_dict, to_dict
+from nemo_gift.launcher.cluster import ClusterConfig
+from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
+
+DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_instruct"]
+
+# The verifier each dataset is scored with, unless reward.verifier says otherwise.
+DEFAULT_VERIFIER = {"arithmetic": "arithmetic", "gsm8k": "gsm8k", "math": "math", "dapo": "dapo", "aime": "aime"}
+
+
+@dataclasses.dataclass
+class InitConfig:
+    """Where the policy's weights come from."""
+
+    hf_checkpoint: str | None = None
+    """A local Hugging Face directory (config.json + safetensors); None builds ``model`` randomly."""
+    trust_remote_code: bool = False
+    """Passed to transformers when reading the checkpoint's config and tokenizer. Off by default."""
+
+
+@dataclasses.dataclass
+class TokenizerConfig:
+    kind: Literal["char", "hf"] = "char"
+    """``char``: the synthetic task's character tokenizer. ``hf``: a local transformers tokenizer."""
+    path: str | None = None
+    """Directory of the ``hf`` tokenizer (defaults to init.hf_checkpoint)."""
+
+
+@dataclasses.dataclass
+class ArithmeticTaskConfig:
+    """The synthetic CPU task (nemo_gift.data.synthetic.ArithmeticConfig)."""
+
+    min_digits: int = 1
+    max_digits: int = 3
+    operators: list[Literal["+", "-", "*"]] = dataclasses.field(default_factory=lambda: ["+"])
+    reverse_answer: bool = False
+    heldout_fraction: float = 0.05
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: DatasetKind = "arithmetic"
+    """Training prompts' schema."""
+    train_path: str | None = None
+    """Local jsonl / parquet / save_to_disk directory (not needed for ``arithmetic``)."""
+    eval_dataset: DatasetKind | None = None
+    """Held-out schema; defaults to ``dataset`` (e.g. ``aime`` for DAPO training)."""
+    eval_path: str | None = None
+    """Held-out prompts (not needed for ``arithmetic``: its held-out split is generated)."""
+    eval_size: int = 256
+    """Held-out prompts scored at each evaluation."""
+    template: Literal["plain", "chat"] = "plain"
+    """``chat`` applies the tokenizer's chat template; ``plain`` uses the prompt text as is."""
+    max_prompt_length: int = 1024
+    """Longer prompts are filtered out (in tokens, template included)."""
+    arithmetic: ArithmeticTaskConfig = dataclasses.field(default_factory=ArithmeticTaskConfig)
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    kind: Literal["verifier", "reward_model"] = "verifier"
+    """Explicit reward: a rule-based verifier (RLVR) or a sequence-classifier reward model (RLHF)."""
+    verifier: str | None = None
+    """Verifier name; defaults to the dataset's."""
+    timeout_s: float = 5.0
+    """Hard per-response limit of the math-equivalence check."""
+    reward_model_path: str | None = None
+    """Local directory of the reward model (``kind: reward_model``)."""
+    length_normalize: bool = True
+    """Divide the reward-model score by sqrt(response tokens), as the paper does for RLHF."""
+    batch_size: int = 8
+    """Reward-model scoring batch."""
+    device: str = "cpu"
+    """Device of the reward model (e.g. ``cuda:7`` to keep it off the policy's GPUs)."""
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    engine: Literal["torch", "trtllm"] = "torch"
+    """``torch``: the KV-cached engine on the policy's own model (anywhere). ``trtllm``: GPUs."""
+    group_size: int = 8
+    """G, responses per prompt (the author's scripts: 16). Must be >= 2."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    max_new_tokens: int = 1024
+    eval_temperature: float = 0.0
+    """0 is greedy decoding: pass@1 at evaluation."""
+    trtllm_gpu_memory_fraction: float = 0.5
+    """Share of free GPU memory the TensorRT-LLM KV cache may take."""
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 3e-6
+    """GIFT 3e-6, GRPO 1e-6 in the paper."""
+    min_lr: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    clip_grad: float = 1.0
+    """Global grad-norm clipping (GIFT has no other clipping)."""
+
+
+@dataclasses.dataclass
+class SftConfig:
+    """Supervised warm start before RL (the tiny CPU task needs it; real recipes start from an
+    instruct model and set steps: 0)."""
+
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    cache_dir: str | None = None
+    """If set, the warm-started weights are cached there and reused by runs with the same model,
+    task and SFT settings (the experiment's runs share one warm start)."""
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    algorithm: Literal["gift", "grpo"] = "gift"
+    max_steps: int = 100
+    """Rollout steps (each: B prompts, G responses, then the mini-batch updates)."""
+    epochs: int | None = None
+    """If set, max_steps = epochs * len(train prompts) / B (the paper: 15)."""
+    prompts_per_step: int = 16
+    """B, the rollout (train) batch in prompts (the paper: 1024)."""
+    mini_batch_prompts: int = 16
+    """Prompts per optimizer step (the paper: 256)."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward on one data-parallel rank."""
+    eval_every: int = 10
+    """Evaluate held-out pass@1 every k rollout steps (and at step 0 and the end); 0 disables."""
+    logprob_chunk_size: int | None = None
+    """Sequence chunk of the vocab-parallel log-prob reduction (bounds its memory)."""
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save every k rollout steps (and at the end); 0 saves only at the end."""
+    keep_last: int = 2
+    resume: str = "auto"
+    """``auto``: continue from the latest checkpoint in RUN_DIR/checkpoints if any; ``never``;
+    or a checkpoint directory."""
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    """Logs to Weights & Biases when also installed."""
+    wandb_project: str = "nemo_gift"
+    progress_bar: bool = True
+    plots: bool = True
+    """Write PNG curves to RUN_DIR/plots at the end."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "run"
+    run_dir: str = "runs/run"
+    seed: int = 1234
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    sft: SftConfig = dataclasses.field(default_factory=SftConfig)
+    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
+    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+
+
+def _require_path(key: str, value: str | None) -> None:
+    if value is not None and not Path(value).exists():
+        raise ConfigError(f"{key}={value}: no such file or directory")
+
+
+def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
+    """Cross-field checks; raise :class:`ConfigError` naming the key. Returns ``cfg``."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
+    world = cfg.cluster.world_size
+    try:
+        cfg.parallel.validate_for(cfg.model, world_size=world, cuda=cuda or cfg.cluster.executor == "slurm")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    dp = world // (tp * pp)
+    G, t = cfg.rollout.group_size, cfg.trainer
+    if G < 2:
+        raise ConfigError(f"rollout.group_size={G}: GIFT and GRPO normalize within a group; G must be >= 2")
+    for key in ("max_steps", "prompts_per_step", "mini_batch_prompts", "micro_batch_size"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if t.epochs is not None and t.epochs < 1:
+        raise ConfigError(f"trainer.epochs={t.epochs} must be >= 1")
+    if t.prompts_per_step % t.mini_batch_prompts:
+        raise ConfigError(
+            f"trainer.prompts_per_step={t.prompts_per_step} is not a multiple of "
+            f"trainer.mini_batch_prompts={t.mini_batch_prompts}"
+        )
+    if t.mini_batch_prompts % dp:
+        raise ConfigError(
+            f"trainer.mini_batch_prompts={t.mini_batch_prompts} is not divisible by the data-parallel "
+            f"size {dp}: each rank must hold whole groups"
+        )
+    per_rank = t.mini_batch_prompts * G // dp
+    if per_rank % t.micro_batch_size:
+        raise ConfigError(
+            f"trainer.micro_batch_size={t.micro_batch_size} does not divide the {per_rank} sequences "
+            f"per data-parallel rank of a mini-batch (mini_batch_prompts * group_size / DP); "
+            "it would leave a partial or empty accumulation step"
+        )
+    if t.eval_every < 0 or cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 1:
+        raise ConfigError("trainer.eval_every and checkpoint.every must be >= 0, checkpoint.keep_last >= 1")
+    if t.logprob_chunk_size is not None and t.logprob_chunk_size < 1:
+        raise ConfigError(f"trainer.logprob_chunk_size={t.logprob_chunk_size} must be >= 1 or null")
+    o = cfg.optim
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        raise ConfigError(f"optim.lr={o.lr} must be > 0 and 0 <= optim.min_lr={o.min_lr} <= lr")
+    if o.clip_grad <= 0:
+        raise ConfigError(f"optim.clip_grad={o.clip_grad} must be > 0")
+    r = cfg.rollout
+    if r.temperature < 0 or not 0 < r.top_p <= 1 or r.top_k < 0 or r.max_new_tokens < 1:
+        raise ConfigError(
+            f"rollout: temperature={r.temperature} must be >= 0, top_p={r.top_p} in (0, 1], "
+            f"top_k={r.top_k} >= 0, max_new_tokens={r.max_new_tokens} >= 1"
+        )
+    if cfg.data.max_prompt_length + r.max_new_tokens > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_prompt_length + rollout.max_new_tokens = "
+            f"{cfg.data.max_prompt_length + r.max_new_tokens} exceeds model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}"
+        )
+    if r.engine == "trtllm":
+        if not cuda and cfg.cluster.executor == "local":
+            raise ConfigError("rollout.engine=trtllm needs CUDA GPUs; use rollout.engine=torch on CPU")
+        if cfg.cluster.executor == "local" and importlib.util.find_spec("tensorrt_llm") is None:
+            raise ConfigError(
+                "rollout.engine=trtllm needs TensorRT-LLM: pip install -e .[gpu] "
+                "--extra-index-url https://pypi.nvidia.com"
+            )
+    d = cfg.data
+    if d.dataset != "arithmetic" and d.train_path is None:
+        raise ConfigError(f"data.train_path is required for data.dataset={d.dataset}")
+    if (d.eval_dataset or d.dataset) != "arithmetic" and d.eval_path is None:
+        raise ConfigError(f"data.eval_path is required for data.eval_dataset={d.eval_dataset or d.dataset}")
+    if d.eval_size < 1:
+        raise ConfigError(f"data.eval_size={d.eval_size} must be >= 1")
+    if (d.dataset == "arithmetic") != (cfg.tokenizer.kind == "char"):
+        raise ConfigError(
+            f"tokenizer.kind={cfg.tokenizer.kind} does not fit data.dataset={d.dataset}: the arithmetic "
+            "task uses the char tokenizer, real datasets an hf tokenizer"
+        )
+    if cfg.reward.kind == "reward_model":
+        if cfg.reward.reward_model_path is None:
+            raise ConfigError("reward.kind=reward_model needs reward.reward_model_path")
+    elif (cfg.reward.verifier or DEFAULT_VERIFIER.get(d.dataset)) is None:
+        raise ConfigError(f"no verifier for data.dataset={d.dataset}; set reward.verifier or reward.kind=reward_model")
+    if cfg.reward.timeout_s <= 0:
+        raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s} must be > 0")
+    if cfg.tokenizer.kind == "hf" and (cfg.tokenizer.path or cfg.init.hf_checkpoint) is None:
+        raise ConfigError("tokenizer.kind=hf needs tokenizer.path or init.hf_checkpoint")
+    if cfg.cluster.executor == "local":
+        for key, value in (
+            ("init.hf_checkpoint", cfg.init.hf_checkpoint),
+            ("tokenizer.path", cfg.tokenizer.path),
+            ("data.train_path", d.train_path),
+            ("data.eval_path", d.eval_path),
+            ("reward.reward_model_path", cfg.reward.reward_model_path),
+        ):
+            _require_path(key, value)
+        if cfg.cluster.backend == "nccl" and not cuda:
+            raise ConfigError("cluster.backend=nccl needs CUDA; use cluster.backend=gloo on CPU")
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "never") and cfg.cluster.executor == "local":
+        _require_path("checkpoint.resume", resume)
+    if cfg.sft.steps < 0 or cfg.sft.batch_size < 1 or cfg.sft.lr <= 0:
+        raise ConfigError("sft.steps must be >= 0, sft.batch_size >= 1, sft.lr > 0")
+    return cfg
+
+
+def load_run_config(raw: dict, cuda: bool | None = None) -> RunConfig:
+    """Typed and validated RunConfig from a composed dict."""
+    return validate(from_dict(RunConfig, raw), cuda=cuda)
+
+
+def write_run_config(cfg: RunConfig, run_dir: Path) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` and return its path."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    """Read a config written by :func:`write_run_config` (or any YAML of the schema)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return load_run_config(raw)

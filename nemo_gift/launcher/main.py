@@ -1,0 +1,119 @@
+"""``python launcher/run.py conf=NAME [key=value ...] [--dry-run]``: parse, validate, run.
+
+1. parse: ``conf=NAME`` picks ``conf/NAME.yaml``; every other ``key=value`` is a Hydra
+   override (``cluster=local_slurm`` picks a group option, ``trainer.lr=1e-6`` sets a value).
+2. compose and validate: Hydra composes the ``defaults:`` overlays, then the result becomes the
+   typed :class:`~nemo_gift.config.schema.RunConfig` and is checked as a whole (layout vs model,
+   batch arithmetic, paths, extras) before any process starts.
+3. set up: the resolved config is written to ``RUN_DIR/config.yaml``; every rank reads it.
+4. run: the ``local`` executor runs the job here (one process, or N ranks through torchrun);
+   ``slurm`` writes ``RUN_DIR/sbatch.sh`` and submits it, or only prints it with ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nemo_gift.config.convert import ConfigError
+
+DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
+    """Split ``argv`` into (recipe name, Hydra overrides, dry_run)."""
+    name, overrides, dry_run = None, [], False
+    for arg in argv:
+        if arg in ("--dry-run", "--dry_run"):
+            dry_run = True
+        elif arg.startswith("conf="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown option {arg!r}; usage: run.py conf=NAME [key=value ...] [--dry-run]")
+        elif "=" in arg:
+            overrides.append(arg)
+        else:
+            raise ConfigError(f"argument {arg!r} is not key=value; usage: run.py conf=NAME [key=value ...]")
+    if not name:
+        raise ConfigError("missing conf=NAME (a recipe in conf/, e.g. conf=gift_tiny)")
+    return name, overrides, dry_run
+
+
+def compose(name: str, overrides: list[str], conf_dir: Path = DEFAULT_CONF_DIR) -> dict:
+    """Hydra-compose ``conf_dir/NAME.yaml`` with ``overrides``; interpolations resolved."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra.core.config_store import ConfigStore
+
+    from nemo_gift.config.convert import to_dict
+    from nemo_gift.config.schema import RunConfig
+
+    # Every schema key with its default, so that any key can be overridden without "+";
+    # conf/base.yaml lists it first in its defaults. Types are checked after composition.
+    ConfigStore.instance().store(name="schema_defaults", node=to_dict(RunConfig()))
+    conf_dir = Path(conf_dir).resolve()
+    if not (conf_dir / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in conf_dir.glob("*.yaml"))
+        raise ConfigError(f"conf={name}: no {conf_dir / (name + '.yaml')}; recipes: {known}")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            cfg = hydra_compose(config_name=name, overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"conf={name}: {err}") from err
+
+
+def load(name: str, overrides: list[str], conf_dir: Path = DEFAULT_CONF_DIR):
+    """Compose and validate: the typed, checked RunConfig of a recipe."""
+    from nemo_gift.config.schema import load_run_config
+
+    return load_run_config(compose(name, overrides, conf_dir))
+
+
+def run_local(cfg, config_path: Path) -> int:
+    """One process here, or ``world_size`` ranks through torchrun."""
+    world = cfg.cluster.world_size
+    env = dict(os.environ, NEMO_GIFT_DIST_BACKEND=cfg.cluster.backend)
+    env.update({k: str(v) for k, v in cfg.cluster.env_vars.items()})
+    if world == 1:
+        cmd = [sys.executable, "-m", "nemo_gift.train", "--config", str(config_path)]
+    else:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc-per-node={world}", "-m", "nemo_gift.train", "--config", str(config_path),
+        ]
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nemo_gift.config.schema import write_run_config
+    from nemo_gift.launcher import slurm
+
+    try:
+        name, overrides, dry_run = parse_argv(sys.argv[1:] if argv is None else argv)
+        cfg = load(name, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.run_dir).resolve()
+    if cfg.cluster.executor == "slurm":
+        script = slurm.render_sbatch(cfg.cluster, cfg.name, run_dir, run_dir / "config.yaml")
+        if dry_run:
+            print(script, end="")
+            return 0
+        config_path = write_run_config(cfg, run_dir)
+        script_path = run_dir / "sbatch.sh"
+        script_path.write_text(script)
+        job_id = slurm.submit(script_path)
+        print(f"submitted job {job_id}; log: {run_dir / f'slurm-{job_id}.out'}")
+        return 0
+    if dry_run:
+        print(f"would run {cfg.name} locally on {cfg.cluster.world_size} rank(s) in {run_dir}")
+        return 0
+    return run_local(cfg, write_run_config(cfg, run_dir))

@@ -1,0 +1,104 @@
+"""Every recipe composes and validates; invalid configs are refused, naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from nemo_gift.config.convert import ConfigError
+from nemo_gift.config.schema import RunConfig, load_run_config, read_run_config, write_run_config
+from nemo_gift.launcher.main import DEFAULT_CONF_DIR, compose, load, parse_argv
+
+RECIPES = sorted(p.stem for p in DEFAULT_CONF_DIR.glob("*.yaml") if p.stem != "base")
+
+
+def test_there_are_paper_recipes_for_both_methods():
+    for name in ("gift_tiny", "grpo_tiny", "gift_qwen32b", "grpo_qwen32b", "gift_deepseek7b_gsm8k",
+                 "gift_deepseek7b_math", "gift_qwen3-32b_dapo", "gift_qwen2.5-32b_dapo",
+                 "gift_deepseek7b_rlhf", "gift_qwen32b_rlhf"):
+        assert name in RECIPES
+    for name in RECIPES:
+        if name.startswith("gift_"):
+            assert "grpo_" + name[len("gift_"):] in RECIPES, f"{name} has no GRPO twin"
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_validates(name):
+    cfg = load(name, [])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.name == name
+    assert cfg.trainer.algorithm == name.split("_")[0]
+
+
+def test_paper_settings():
+    gift, grpo = load("gift_qwen32b", []), load("grpo_qwen32b", [])
+    assert (gift.optim.lr, gift.gift.beta) == (3e-6, 1.0)
+    assert (grpo.optim.lr, grpo.grpo.beta_kl) == (1e-6, 0.001)
+    for cfg in (gift, grpo):
+        assert (cfg.trainer.prompts_per_step, cfg.trainer.mini_batch_prompts, cfg.trainer.epochs) == (1024, 256, 15)
+        assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 1024)
+        assert cfg.parallel.tensor_model_parallel_size == 8 and cfg.cluster.world_size == 32
+    assert load("gift_qwen3-32b_dapo", []).model.qk_layernorm is True
+    assert load("gift_qwen3-32b_dapo", []).data.eval_dataset == "aime"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load("gift_tiny", [f"run_dir={tmp_path}"])
+    assert read_run_config(write_run_config(cfg, tmp_path)) == cfg
+
+
+def _tiny(overrides):
+    return load("gift_tiny", overrides)
+
+
+# (overrides, a fragment the error must contain: the offending key)
+INVALID = [
+    (["rollout.group_size=1"], "rollout.group_size=1"),
+    (["parallel.tensor_model_parallel_size=3"], "tensor_model_parallel_size=3"),
+    (["model.num_query_groups=1", "parallel.tensor_model_parallel_size=2", "cluster.tasks_per_node=2"], "num_query_groups=1"),
+    (["parallel.pipeline_model_parallel_size=2", "cluster.tasks_per_node=2"], "num_layers=3"),
+    (["trainer.prompts_per_step=10", "trainer.mini_batch_prompts=4"], "trainer.prompts_per_step=10"),
+    (["trainer.micro_batch_size=7"], "trainer.micro_batch_size=7"),
+    (["cluster.tasks_per_node=2", "trainer.mini_batch_prompts=3", "trainer.prompts_per_step=9"], "data-parallel"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["rollout.top_p=1.5"], "top_p=1.5"),
+    (["rollout.max_new_tokens=100000"], "max_position_embeddings"),
+    (["rollout.engine=trtllm"], "rollout.engine=trtllm"),
+    (["parallel.use_distributed_optimizer=true"], "use_distributed_optimizer"),
+    (["parallel.sequence_parallel=true", "parallel.tensor_model_parallel_size=2", "cluster.tasks_per_node=2"], "sequence_parallel"),
+    (["data.dataset=gsm8k"], "data.train_path"),
+    (["data.dataset=gsm8k", "data.train_path=/no/such/file.jsonl", "data.eval_path=/x", "tokenizer.kind=hf",
+      "tokenizer.path=/tmp"], "data.train_path=/no/such/file.jsonl"),
+    (["init.hf_checkpoint=/no/such/dir"], "init.hf_checkpoint"),
+    (["reward.kind=reward_model"], "reward.reward_model_path"),
+    (["cluster.backend=nccl"], "backend"),
+    (["cluster.executor=local", "cluster.nodes=2"], "cluster.nodes=2"),
+    (["cluster.time=forever"], "cluster.time"),
+    (["gift.beta=-1"], "beta"),
+    (["gift.std_guard=sometimes"], "gift.std_guard"),
+    (["trainer.algorithm=ppo"], "trainer.algorithm"),
+    (["+trainer.lrr=0.1"], "trainer.lrr"),
+    (["trainer.max_steps=ten"], "trainer.max_steps"),
+    (["model.arch=gpt2"], "model.arch"),
+]
+
+
+@pytest.mark.parametrize("overrides,fragment", INVALID, ids=[o[0][0] for o in INVALID])
+def test_invalid_config_is_refused_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        _tiny(overrides)
+    assert fragment in str(err.value), str(err.value)
+
+
+def test_there_are_at_least_15_invalid_cases():
+    assert len(INVALID) >= 15
+
+
+def test_argv_parsing():
+    assert parse_argv(["conf=gift_tiny", "trainer.lr=1", "--dry-run"]) == ("gift_tiny", ["trainer.lr=1"], True)
+    with pytest.raises(ConfigError, match="missing conf=NAME"):
+        parse_argv(["trainer.lr=1"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_argv(["conf=gift_tiny", "oops"])
+    with pytest.raises(ConfigError, match="no .*nope.yaml"):
+        compose("nope", [])
