@@ -1,0 +1,312 @@
+"""A synthetic arithmetic task for CPU runs: tokenizer, seeded generator, verifier, splits.
+
+The task: ``"<a><op><b>="`` -> the integer result, then EOS. Example with the
+plain template (the prompt string is used verbatim)::
+
+    prompt  "48+379="        target "427"   (reverse_answer=True: "724")
+    tokens  <bos> 4 8 + 3 7 9 =  4 2 7 <eos>
+            '---- prompt ----'   '-- response --'
+
+Why these defaults (1-3 digit operands, ``+`` only, answer most-significant digit
+first) should give a tiny GPT (2-4 layers, width 64-128, a few thousand SFT
+steps) partial pass@1, around 30-50%, so that RL has signal:
+
+- Operand lengths are drawn uniformly from 1..3 digits, so a third of the operands
+  are single digits: short problems the model gets right early.
+- The hard part is the carry: written most-significant digit first, the first
+  answer digit depends on carries from every column to its right, which the
+  model must work out before it emits anything. A small model learns the
+  no-carry and one-carry cases first and keeps failing on carry chains.
+- Knobs: ``reverse_answer=True`` (least-significant digit first) makes carries
+  local and the task nearly solved by SFT; ``max_digits`` 4-5, ``Operator.SUB``
+  or ``Operator.MUL`` make it harder. This calibration is an estimate: the
+  trainer's CPU benchmark measures it.
+
+Splits: each problem belongs to TRAIN or HELDOUT by a hash of its canonical form
+(commutative operands sorted), independent of any seed, so the two never overlap
+and ``a+b`` / ``b+a`` fall on the same side. About ``heldout_fraction`` of the
+problem space is held out.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from nemo_gift.data.records import DatasetName, PromptRecord
+from nemo_gift.rewards.extract import canonical_integer, clip
+from nemo_gift.rewards.results import Reason, VerifyResult
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+DEFAULT_ALPHABET = "0123456789+-*= "
+
+
+class CharTokenizer:
+    """A character-level tokenizer: ids 0, 1, 2 are ``<pad>``, ``<bos>``, ``<eos>``; then one id per character.
+
+    It follows the parts of the `transformers` tokenizer interface the project uses
+    (``encode(text, add_special_tokens)``, ``decode``, the special-token ids). It has
+    no chat template: use `TemplateKind.PLAIN`.
+    """
+
+    pad_token_id = 0
+    bos_token_id = 1
+    eos_token_id = 2
+    chat_template = None
+
+    def __init__(self, alphabet: str = DEFAULT_ALPHABET) -> None:
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise ValueError("alphabet must be non-empty, with distinct characters")
+        self.alphabet = alphabet
+        self._to_id = {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(alphabet)}
+        self._to_char = {i: c for c, i in self._to_id.items()}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIAL_TOKENS) + len(self.alphabet)
+
+    def encode(self, text: str, add_special_tokens: bool = True, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text``: ``[<bos>] + chars (+ [<eos>])``. An unknown character raises ValueError."""
+        try:
+            ids = [self._to_id[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in the alphabet {self.alphabet!r}") from None
+        if add_special_tokens:
+            ids = [self.bos_token_id] + ids
+        if add_eos:
+            ids.append(self.eos_token_id)
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True, stop_at_eos: bool = True) -> str:
+        """The text of ``ids``; stops at the first ``<eos>`` unless ``stop_at_eos=False``."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_token_id and stop_at_eos:
+                break
+            if i < len(SPECIAL_TOKENS):
+                if not skip_special_tokens:
+                    out.append(SPECIAL_TOKENS[i])
+                continue
+            if i not in self._to_char:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+            out.append(self._to_char[i])
+        return "".join(out)
+
+    def pad(
+        self, sequences: Sequence[Sequence[int]], side: Literal["left", "right"] = "right"
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """``(ids, mask)``, both [B, max_len]; ``side="left"`` for generation, ``"right"`` for training."""
+        width = max((len(s) for s in sequences), default=0)
+        ids, mask = [], []
+        for s in sequences:
+            fill = [self.pad_token_id] * (width - len(s))
+            ones, zeros = [1] * len(s), [0] * (width - len(s))
+            ids.append(fill + list(s) if side == "left" else list(s) + fill)
+            mask.append(zeros + ones if side == "left" else ones + zeros)
+        return ids, mask
+
+
+class Operator(str, enum.Enum):
+    ADD = "+"
+    SUB = "-"
+    MUL = "*"
+
+
+class Split(str, enum.Enum):
+    TRAIN = "train"
+    HELDOUT = "heldout"
+
+
+@dataclass(frozen=True)
+class ArithmeticConfig:
+    """Difficulty knobs of the synthetic task."""
+
+    min_digits: int = 1
+    """Fewest digits of an operand."""
+    max_digits: int = 3
+    """Most digits of an operand (each operand's length is uniform in [min, max])."""
+    operators: tuple[Operator, ...] = (Operator.ADD,)
+    reverse_answer: bool = False
+    """Write the answer least-significant digit first (much easier)."""
+    allow_negative: bool = False
+    """For SUB: allow a < b (negative answers); otherwise the operands are ordered."""
+    heldout_fraction: float = 0.05
+    """Share of the problem space that is held out."""
+    split_salt: str = "nemo_gift.arith.v1"
+    """Changing it reshuffles which problems are held out."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_digits <= self.max_digits <= 18:
+            raise ValueError(f"need 1 <= min_digits <= max_digits <= 18, got {self.min_digits}, {self.max_digits}")
+        if not self.operators:
+            raise ValueError("operators is empty")
+        object.__setattr__(self, "operators", tuple(Operator(o) for o in self.operators))
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    a: int
+    op: Operator
+    b: int
+
+    @property
+    def answer(self) -> int:
+        if self.op is Operator.ADD:
+            return self.a + self.b
+        if self.op is Operator.SUB:
+            return self.a - self.b
+        return self.a * self.b
+
+    @property
+    def prompt(self) -> str:
+        """The plain prompt, e.g. ``"57+468="``."""
+        return f"{self.a}{self.op.value}{self.b}="
+
+    def target(self, reverse: bool = False) -> str:
+        """The response the model should write (before EOS)."""
+        return format_answer(self.answer, reverse)
+
+    def canonical(self) -> str:
+        a, b = self.a, self.b
+        if self.op in (Operator.ADD, Operator.MUL):
+            a, b = min(a, b), max(a, b)
+        return f"{a}{self.op.value}{b}"
+
+
+def format_answer(value: int, reverse: bool = False) -> str:
+    """``value`` as the model writes it; reversed means sign first, then digits least-significant first."""
+    sign, digits = ("-", str(-value)) if value < 0 else ("", str(value))
+    return sign + (digits[::-1] if reverse else digits)
+
+
+class ArithmeticTask:
+    """Seeded problems, splits, records and SFT examples for the synthetic task."""
+
+    def __init__(self, config: ArithmeticConfig | None = None) -> None:
+        self.config = config or ArithmeticConfig()
+        self.tokenizer = CharTokenizer()
+
+    @property
+    def verifier_name(self) -> str:
+        return "arithmetic_reversed" if self.config.reverse_answer else "arithmetic"
+
+    def verifier(self) -> ArithmeticVerifier:
+        return ArithmeticVerifier(reverse_answer=self.config.reverse_answer)
+
+    def split_of(self, problem: ArithmeticProblem) -> Split:
+        digest = hashlib.blake2b(f"{self.config.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
+        u = int.from_bytes(digest, "big") / 2.0**64
+        return Split.HELDOUT if u < self.config.heldout_fraction else Split.TRAIN
+
+    def _operand(self, rng: random.Random) -> int:
+        digits = rng.randint(self.config.min_digits, self.config.max_digits)
+        lo = 0 if digits == 1 else 10 ** (digits - 1)
+        return rng.randint(lo, 10**digits - 1)
+
+    def sample(self, rng: random.Random) -> ArithmeticProblem:
+        """One problem from the task distribution (either split)."""
+        a, b = self._operand(rng), self._operand(rng)
+        op = rng.choice(self.config.operators)
+        if op is Operator.SUB and not self.config.allow_negative and a < b:
+            a, b = b, a
+        return ArithmeticProblem(a, op, b)
+
+    def iter_problems(self, split: Split | str, seed: int, max_draws: int | None = None) -> Iterator[ArithmeticProblem]:
+        """A seeded stream of ``split`` problems (repeats possible); endless unless ``max_draws`` is set.
+
+        ``max_draws`` bounds the samples drawn from the task distribution, of either split.
+        """
+        split, rng = Split(split), random.Random(seed)
+        draws = 0
+        while max_draws is None or draws < max_draws:
+            draws += 1
+            p = self.sample(rng)
+            if self.split_of(p) is split:
+                yield p
+
+    def problems(self, split: Split | str, n: int, seed: int, unique: bool | None = None) -> list[ArithmeticProblem]:
+        """``n`` problems of ``split``; distinct by default for HELDOUT, with repeats allowed for TRAIN."""
+        split = Split(split)
+        unique = split is Split.HELDOUT if unique is None else unique
+        out: list[ArithmeticProblem] = []
+        seen: set[str] = set()
+        for p in self.iter_problems(split, seed, max_draws=400 * n + 20_000):
+            if unique:
+                if p.canonical() in seen:
+                    continue
+                seen.add(p.canonical())
+            out.append(p)
+            if len(out) == n:
+                return out
+        kind = "distinct " if unique else ""
+        raise ValueError(f"only {len(out)} {kind}{split.value} problems found of {n}; widen the digit range")
+
+    def record(self, problem: ArithmeticProblem, split: Split | str) -> PromptRecord:
+        """A `PromptRecord` with the plain prompt and the canonical integer answer."""
+        meta = {"a": problem.a, "op": problem.op.value, "b": problem.b, "split": Split(split).value}
+        return PromptRecord(problem.prompt, str(problem.answer), DatasetName.ARITHMETIC.value, self.verifier_name, meta)
+
+    def records(self, split: Split | str, n: int, seed: int) -> list[PromptRecord]:
+        return [self.record(p, split) for p in self.problems(split, n, seed)]
+
+    def sft_example(self, problem: ArithmeticProblem) -> tuple[list[int], list[int]]:
+        """``(ids, loss_mask)`` for supervised warm start, both [T]: loss on the answer and EOS only."""
+        prompt = self.tokenizer.encode(problem.prompt, add_special_tokens=True)
+        target = problem.target(self.config.reverse_answer)
+        answer = self.tokenizer.encode(target, add_special_tokens=False, add_eos=True)
+        return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+
+
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+
+
+class ArithmeticVerifier:
+    """Exact integer match of the response, read up to EOS, with the ground truth.
+
+    The response is the decoded text before EOS (a literal ``"<eos>"`` left by a
+    decode that kept special tokens also ends it), stripped of surrounding
+    whitespace. Empty or not an integer: NO_ANSWER. With ``reverse_answer``, the
+    digits are un-reversed first (``"-52"`` -> -25). Ground truths are canonical
+    integers. No integer conversion of long strings; no timeout needed.
+    """
+
+    def __init__(
+        self, reverse_answer: bool = False, correct_reward: float = 1.0, incorrect_reward: float = 0.0
+    ) -> None:
+        self.reverse_answer = reverse_answer
+        self.name = "arithmetic_reversed" if reverse_answer else "arithmetic"
+        self.correct_reward = correct_reward
+        self.incorrect_reward = incorrect_reward
+
+    def _result(self, reason: Reason, extracted: str | None, detail: str | None = None) -> VerifyResult:
+        reward = self.correct_reward if reason is Reason.CORRECT else self.incorrect_reward
+        return VerifyResult(reward, reason, clip(extracted), detail)
+
+    def __call__(self, response: str, ground_truth: str) -> VerifyResult:
+        text = str(response).split("<eos>", 1)[0].strip()
+        if not text:
+            return self._result(Reason.NO_ANSWER, None)
+        if _INTEGER_RE.fullmatch(text) is None:
+            return self._result(Reason.NO_ANSWER, text, "not_an_integer")
+        gold = canonical_integer(str(ground_truth))
+        if gold is None:
+            return self._result(Reason.ERROR, text, "gold_unparsable")
+        if self.reverse_answer:
+            sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+            value = canonical_integer(sign + digits[::-1])
+        else:
+            value = canonical_integer(text)
+        return self._result(Reason.CORRECT if value == gold else Reason.WRONG, text)
+
+    def verify_batch(self, responses: Sequence[str], ground_truths: Sequence[str]) -> list[VerifyResult]:
+        if len(responses) != len(ground_truths):
+            raise ValueError(f"{self.name}: {len(responses)} responses but {len(ground_truths)} ground truths")
+        return [self(r, g) for r, g in zip(responses, ground_truths)]
