@@ -29,7 +29,6 @@ import queue
 import socket
 import time
 import traceback
-import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -38,12 +37,6 @@ import torch.multiprocessing as mp
 
 __all__ = ["RankFailure", "RankTimeout", "free_port", "run_on_ranks"]
 
-# megatron-core warns at import that Apex and TE are absent, and torch that gloo's
-# all_gather_into_tensor is deprecated: expected on the CPU stack, and noise in rank output.
-# These filters are set at import, so the forkserver (which preloads this module) has them too.
-warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).*not installed", category=UserWarning)
-warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
-warnings.filterwarnings("ignore", message=r"full scope is deprecated", category=UserWarning)  # mcore's own default
 
 _PRELOAD = ["nemo_gift.distributed.spawn", "torch", "torch.distributed", "nemo_gift.distributed.cpu_compat"]
 if importlib.util.find_spec("megatron.core") is not None:

@@ -1,0 +1,219 @@
+"""megatron-core ``forward_step``/``loss_func`` for a micro-batch objective, on any TP/PP/DP layout.
+
+An optimizer step sees a mini-batch of N = K * G responses: K groups (prompts) of G. It is
+dealt over D data-parallel ranks and M micro-batches per rank by
+:func:`nemo_gift.distributed.group_stats.partition_groups` (:func:`shard_batch`). On the last
+pipeline stage, the loss function of micro-batch ``j`` of DP rank ``d`` does two things:
+
+1. it computes ``log pi(labels)`` [b, S] from the vocab-parallel logits
+   (:func:`vocab_parallel_logprobs`);
+2. it calls an objective ``objective(logprobs, micro_batch) -> (l_{j,d}, metrics)``
+   (:data:`nemo_gift.algorithms.interfaces.Objective`, e.g. :func:`dp_gift_objective`).
+
+The objective carries the step's GLOBAL normalizer, so the step's loss is
+``L = sum_{j,d} l_{j,d}`` whatever D, M, TP and PP are.
+
+Scaling contract (megatron-core 0.16, default ``calculate_per_token_loss=False``): the
+schedule divides the tensor a ``loss_func`` returns by M, and DDP averages the gradients over
+the D ranks. ``loss_func`` therefore returns ``l_{j,d} * M * D`` for backward, so that the
+reduced ``main_grad`` is exactly dL/dtheta. It reports the unscaled ``l_{j,d}`` as the
+``loss`` metric. ``calculate_per_token_loss=True`` (gradients summed over DP, no division by M)
+is refused rather than silently mis-scaled. :func:`run_step` sums the reported values over
+the micro-batches and DP ranks.
+
+PP: only the last stage has logits, so only it computes log-probs and the loss.
+:func:`broadcast_from_last_stage` gives the results to the other stages (``docs/parallelism.md``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from nemo_gift.algorithms.config import GiftLossConfig
+from nemo_gift.algorithms.objectives import gift_objective
+from nemo_gift.distributed.group_stats import GroupPartition, GroupStatsMode, dp_all_reduce
+from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
+
+__all__ = ["shard_batch", "dp_gift_objective", "make_forward_step", "run_step", "forward_logprobs"]
+
+MicroBatch = Mapping[str, torch.Tensor]
+
+
+def shard_batch(batch: MicroBatch, partition: GroupPartition, dp_rank: int) -> list[dict[str, torch.Tensor]]:
+    """This DP rank's M micro-batches of ``batch``.
+
+    Every field of ``batch`` must be a tensor of leading dim N = K * G, with group k in rows
+    ``[k*G, (k+1)*G)``. Each micro-batch gets the selected rows, and ``group_index`` [b]
+    (global group ids in [0, K)). A ``group_index`` already in ``batch`` must be that layout.
+    """
+    n = partition.group_size * partition.num_groups
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
+            raise ValueError(f"batch[{key!r}] must be a tensor of leading dim N={n}, got {getattr(value, 'shape', value)}")
+    contiguous = torch.arange(n) // partition.group_size
+    if "group_index" in batch and not torch.equal(batch["group_index"].cpu(), contiguous):
+        raise ValueError("batch['group_index'] must be arange(N) // G: groups contiguous, in order")
+    micro = []
+    for j in range(partition.num_microbatches):
+        idx = partition.indices(dp_rank, j)
+        mb = {key: value[idx.to(value.device)] for key, value in batch.items()}
+        mb["group_index"] = contiguous[idx]
+        micro.append(mb)
+    return micro
+
+
+def dp_gift_objective(
+    config: GiftLossConfig, *, num_pairs: int, num_groups: int, stats_mode: GroupStatsMode, group=None
+) -> Callable:
+    """:func:`nemo_gift.algorithms.objectives.gift_objective` with the group statistics of
+    ``stats_mode`` (resolved by :func:`resolve_stats_mode`): local, or all-reduced over the DP
+    group (megatron-core's, unless ``group`` is given), differentiably when
+    ``detach_implicit_stats=False``. Micro-batches need ``baseline_logprobs``, ``advantages``
+    (from the whole batch's rewards), ``loss_mask`` and ``group_index``.
+    """
+    if stats_mode not in (GroupStatsMode.LOCAL, GroupStatsMode.ALL_REDUCE):
+        raise ValueError(f"stats_mode must be resolved to local or all_reduce, got {stats_mode!r}")
+    reduce = None
+    if stats_mode is GroupStatsMode.ALL_REDUCE:
+        if config.drop_zero_std_groups:
+            raise ValueError(
+                "drop_zero_std_groups=true needs whole groups per micro-batch (gift_loss finds the "
+                "zero-std groups from the local advantages); use a partition with whole groups"
+            )
+        if group is None:
+            from megatron.core import parallel_state as ps
+
+            group = ps.get_data_parallel_group()
+        reduce = dp_all_reduce(group, differentiable=not config.detach_implicit_stats)
+    return gift_objective(config, num_pairs=num_pairs, num_groups=num_groups, moments_all_reduce=reduce)
+
+
+def _model_inputs(mb: MicroBatch):
+    """(tokens, position_ids [b, S], attention mask [1, 1, S, S] with True = masked); causal
+    unless the micro-batch brings ``position_ids`` / ``attention_mask``."""
+    tokens = mb["tokens"]
+    b, s = tokens.shape
+    pos = mb.get("position_ids")
+    if pos is None:
+        pos = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
+    mask = mb.get("attention_mask")
+    if mask is None:
+        mask = torch.triu(torch.ones(s, s, dtype=torch.bool, device=tokens.device), 1).view(1, 1, s, s)
+    return tokens, pos, mask
+
+
+def _grad_scale(model, num_microbatches: int) -> float:
+    """M * D: undoes the schedule's 1/M and DDP's 1/D (see the module docstring)."""
+    from megatron.core import parallel_state as ps
+
+    if getattr(getattr(model, "config", None), "calculate_per_token_loss", False):
+        raise ValueError(
+            "the objective carries its own global normalizer; this step assumes "
+            "calculate_per_token_loss=False (DDP averages over DP, the schedule divides by M)"
+        )
+    return float(num_microbatches * ps.get_data_parallel_world_size())
+
+
+def make_forward_step(
+    objective: Callable,
+    *,
+    num_microbatches: int,
+    logprob_chunk_size: Optional[int] = None,
+    overwrite_logits: bool = True,
+):
+    """A megatron-core ``forward_step_func`` over micro-batch dicts (``tokens``, ``labels``, ...).
+
+    Its loss function returns ``(l * M * D, metrics)``, where ``(l, metrics)`` is
+    ``objective(logprobs, micro_batch)`` and ``metrics["loss"]`` is the unscaled ``l``.
+    ``logprob_chunk_size`` and ``overwrite_logits`` go to :func:`vocab_parallel_logprobs`.
+    Overwriting is safe here: the logits are the model's temporary output, read by nothing else.
+    """
+    from megatron.core import parallel_state as ps
+
+    def loss_func(mb, scale, logits):  # logits [b, S, V/TP]
+        logprobs = vocab_parallel_logprobs(
+            logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size,
+            overwrite_logits=overwrite_logits,
+        )  # [b, S] fp32
+        loss, metrics = objective(logprobs, mb)
+        return loss * scale, dict(metrics, loss=loss.detach())
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        return model(*_model_inputs(mb)), partial(loss_func, mb, _grad_scale(model, num_microbatches))
+
+    return forward_step
+
+
+def run_step(
+    model,
+    micro_batches: list[MicroBatch],
+    objective: Callable,
+    *,
+    logprob_chunk_size: Optional[int] = None,
+    overwrite_logits: bool = True,
+) -> dict:
+    """Forward and backward of one step's micro-batches through ``forward_backward_func``.
+
+    ``model`` is the DDP-wrapped stage (:func:`nemo_gift.models.policy.builder.wrap_for_training`).
+    Its grad buffers are zeroed first, and the gradients of ``L`` land in ``main_grad``. Returns,
+    on every rank, ``{"loss": L}`` (a float: the micro-batch losses summed over micro-batches
+    and DP ranks). On the last stage it also returns ``"metrics"``, one dict of floats per
+    micro-batch. The optimizer step is the caller's.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+
+    b, s = micro_batches[0]["tokens"].shape
+    model.zero_grad_buffer()
+    outputs = get_forward_backward_func()(
+        forward_step_func=make_forward_step(
+            objective, num_microbatches=len(micro_batches), logprob_chunk_size=logprob_chunk_size,
+            overwrite_logits=overwrite_logits,
+        ),
+        data_iterator=iter(micro_batches), model=[model], num_microbatches=len(micro_batches),
+        seq_length=s, micro_batch_size=b, forward_only=False,
+    )
+    last = ps.is_pipeline_last_stage()
+    local = torch.stack([o["loss"] for o in outputs]).sum().reshape(1).double() if last else None
+    total = broadcast_from_last_stage(local, (1,), torch.float64).clone()
+    dist.all_reduce(total, group=ps.get_data_parallel_group())
+    result = {"loss": float(total)}
+    if last:
+        result["metrics"] = [{k: float(v) for k, v in o.items()} for o in outputs]
+    return result
+
+
+def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None) -> torch.Tensor:
+    """log pi(labels) [M*b, S] of this DP rank's micro-batches, on every TP and PP rank.
+
+    Forward only, with ``inference_only`` log-probs (nothing kept for backward): the reference
+    or rollout policy's log-probs. The last stage computes them, and
+    :func:`broadcast_from_last_stage` gives them to the other stages.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+
+    b, s = micro_batches[0]["tokens"].shape
+
+    def loss_func(mb, logits):
+        lp = vocab_parallel_logprobs(
+            logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size, inference_only=True
+        )
+        return lp.new_zeros(()), {"logprobs": lp}
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        return model(*_model_inputs(mb)), partial(loss_func, mb)
+
+    with torch.no_grad():
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
+            num_microbatches=len(micro_batches), seq_length=s, micro_batch_size=b, forward_only=True,
+        )
+    local = torch.cat([o["logprobs"] for o in outputs]) if ps.is_pipeline_last_stage() else None
+    return broadcast_from_last_stage(local, (len(micro_batches) * b, s), torch.float32)
