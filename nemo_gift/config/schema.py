@@ -245,6 +245,16 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"per data-parallel rank of a mini-batch (mini_batch_prompts * group_size / DP); "
             "it would leave a partial or empty accumulation step"
         )
+    if t.algorithm == "gift" and not cfg.gift.detach_implicit_stats and t.micro_batch_size % G:
+        raise ConfigError(
+            f"gift.detach_implicit_stats=false needs whole groups in each micro-batch: "
+            f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of rollout.group_size={G}"
+        )
+    if cfg.rollout.engine == "torch" and pp > 1:
+        raise ConfigError(
+            f"rollout.engine=torch generates on the policy's own model and needs "
+            f"parallel.pipeline_model_parallel_size=1 (got {pp}); use rollout.engine=trtllm with PP"
+        )
     if t.eval_every < 0 or cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 1:
         raise ConfigError("trainer.eval_every and checkpoint.every must be >= 0, checkpoint.keep_last >= 1")
     if t.logprob_chunk_size is not None and t.logprob_chunk_size < 1:

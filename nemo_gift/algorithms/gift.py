@@ -1,0 +1,246 @@
+"""The GIFT (and GRPO) training loop, as plain functions over Protocols.
+
+Each rollout step (docs/gift-math.md for the symbols):
+1. sample B prompts (:class:`~nemo_gift.algorithms.rollout.PromptSampler`);
+2. generate G responses each with the rollout engine; each data-parallel (DP) rank generates
+   for its B/D prompts, and the responses are gathered so that every rank holds the batch;
+3. score them (explicit rewards r);
+4. compute the baseline log-probs with the distributed reduction: pi_ref (GIFT's default,
+   the paper) or pi_old (the author's code) for GIFT; pi_old and pi_ref for GRPO;
+5. run B / mini-batch optimizer steps, each on whole groups, with GIFT's or GRPO's objective
+   normalized over the mini-batch (so micro-batching and layout cannot change it);
+6. refit the rollout engine with the new weights.
+Every ``eval_every`` steps (and at the start and the end) greedy pass@1 is measured on the
+held-out prompts and on as many training prompts, so the train/eval gap is visible.
+
+Departures from the paper, all documented in docs/gift-math.md: pi_old is recomputed by the
+trainer rather than taken from the engine (it makes the baseline exactly the trainer's
+numerics); the degenerate implicit std is guarded (``gift.std_guard``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from contextlib import contextmanager
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig, ImplicitBaseline
+from nemo_gift.algorithms.interfaces import PolicyInterface
+from nemo_gift.algorithms.normalization import explicit_advantages, group_moments, implicit_rewards
+from nemo_gift.algorithms.objectives import gift_objective, grpo_objective
+from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch, select
+from nemo_gift.models.generation.interfaces import GenerationBackend, SamplingConfig
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """What the loop needs of the run config (kept small so that tests can build it)."""
+
+    algorithm: str  # "gift" | "grpo"
+    max_steps: int
+    group_size: int
+    mini_batch_prompts: int
+    micro_batch_size: int
+    eval_every: int
+    checkpoint_every: int
+    keep_last: int
+    sampling: SamplingConfig
+    eval_sampling: SamplingConfig
+    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
+    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    seed: int = 1234
+    checkpoint_dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class LoopParts:
+    """The loop's collaborators."""
+
+    policy: PolicyInterface
+    engine: GenerationBackend
+    score: Callable[[Sequence[Any], Sequence[str]], tuple[torch.Tensor, list[str]]]
+    """``score(records, response_texts) -> (rewards [n], reasons)``."""
+    encode: Callable[[Any], list[int]]
+    """Prompt record -> prompt token ids (template applied)."""
+    decode: Callable[[Sequence[int]], str]
+    pad_token_id: int
+    sampler: PromptSampler
+    eval_records: Sequence[Any]
+    train_eval_records: Sequence[Any]
+    refit: Optional[Callable[[], None]] = None
+    """Pushes the policy's new weights into the engine; None when the engine generates with
+    the policy's own modules (the torch engine), whose weights are then already current."""
+    log: Callable[[int, dict], Any] = lambda step, metrics: None
+    progress: Callable[[int, dict], None] = lambda step, metrics: None
+    dp_rank: int = 0
+    dp_size: int = 1
+    dp_group: Any = None
+
+
+@contextmanager
+def _timer(metrics: dict, key: str):
+    start = time.perf_counter()
+    yield
+    metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - start
+
+
+def _step_seed(seed: int, step: int, dp_rank: int, what: str) -> int:
+    """A sampling seed that depends only on (run seed, step, DP rank): resumes reproduce it."""
+    return zlib.crc32(f"{seed}/{what}/{step}/{dp_rank}".encode())
+
+
+def _gather(parts: LoopParts, local: list) -> list:
+    """Concatenate per-DP-rank lists in DP-rank order."""
+    if parts.dp_size == 1:
+        return local
+    out: list = [None] * parts.dp_size
+    dist.all_gather_object(out, local, group=parts.dp_group)
+    return [x for chunk in out for x in chunk]
+
+
+def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, sampling: SamplingConfig):
+    """Responses to ``records`` (n each, grouped by prompt) with rewards and reasons, on every rank.
+
+    Returns ``(prompt_ids, responses, response_logprobs, rewards [B*n], reasons)``."""
+    b = len(records)
+    per_rank = b // parts.dp_size
+    mine = records[parts.dp_rank * per_rank : (parts.dp_rank + 1) * per_rank]
+    prompt_ids = [parts.encode(r) for r in records]
+    my_prompts = prompt_ids[parts.dp_rank * per_rank : (parts.dp_rank + 1) * per_rank]
+    out = parts.engine.generate(my_prompts, n, sampling)
+    responses = out.responses()
+    logprobs = [row[: len(r)].tolist() for row, r in zip(out.logprobs, responses)]
+    texts = [parts.decode(r) for r in responses]
+    rewards, reasons = parts.score([mine[int(i)] for i in out.prompt_index], texts)
+    local = list(zip(responses, logprobs, rewards.tolist(), reasons))
+    gathered = _gather(parts, local)
+    responses, logprobs, rewards, reasons = (list(x) for x in zip(*gathered))
+    return prompt_ids, responses, logprobs, torch.tensor(rewards, dtype=torch.float32), reasons
+
+
+def evaluate(parts: LoopParts, cfg: LoopConfig) -> dict[str, float]:
+    """Greedy pass@1 (and mean reward, response length) on held-out and training prompts."""
+    metrics = {}
+    for split, records in (("eval", parts.eval_records), ("train", parts.train_eval_records)):
+        _, responses, _, rewards, reasons = generate_and_score(parts, list(records), 1, cfg.eval_sampling)
+        metrics[f"{split}/pass@1"] = sum(r == "correct" for r in reasons) / len(reasons)
+        metrics[f"{split}/greedy_reward"] = float(rewards.mean())
+        metrics[f"{split}/greedy_response_length"] = sum(map(len, responses)) / len(responses)
+    metrics["gap/train_minus_eval_pass@1"] = metrics["train/pass@1"] - metrics["eval/pass@1"]
+    return metrics
+
+
+def _mean_metrics(dicts: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for d in dicts for k in d}
+    return {k: sum(d[k] for d in dicts if k in d) / sum(k in d for d in dicts) for k in keys}
+
+
+def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], rewards: torch.Tensor) -> dict:
+    """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch."""
+    G, metrics = cfg.group_size, {}
+    n = rewards.shape[0]
+    adv, zero_std = explicit_advantages(rewards, G, eps=cfg.gift.eps, unbiased=cfg.gift.unbiased_std)
+    batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)
+    with _timer(metrics, "time/logprobs"):
+        if cfg.algorithm == "gift":
+            reference = cfg.gift.implicit_baseline is ImplicitBaseline.REFERENCE
+            batch["baseline_logprobs"] = parts.policy.logprobs(batch, reference=reference)
+        else:
+            batch["old_logprobs"] = parts.policy.logprobs(batch)
+            if cfg.grpo.beta_kl > 0:
+                batch["reference_logprobs"] = parts.policy.logprobs(batch, reference=True)
+    step_metrics = []
+    rows_per_mini = cfg.mini_batch_prompts * G
+    with _timer(metrics, "time/update"):
+        for start in range(0, n, rows_per_mini):
+            idx = torch.arange(start, start + rows_per_mini)
+            mini = select(batch, idx)
+            mini["group_index"] = mini["group_index"] - start // G
+            k = cfg.mini_batch_prompts
+            if cfg.algorithm == "gift":
+                zero = zero_std[start // G : start // G + k]
+                pairs = rows_per_mini - G * int(zero.sum()) if cfg.gift.drop_zero_std_groups else rows_per_mini
+                if pairs == 0:
+                    continue  # every group constant and dropped: nothing to learn from
+                moments = None
+                if cfg.micro_batch_size % G:
+                    # Micro-batches split groups: take the (detached) group statistics of s from a
+                    # forward-only pass at this step's weights, which every micro-batch shares.
+                    s_now = implicit_rewards(
+                        parts.policy.logprobs(mini), mini["baseline_logprobs"], mini["loss_mask"],
+                        cfg.gift.implicit_reward, cfg.gift.length_exponent,
+                    )
+                    moments = group_moments(s_now, mini["group_index"], k)
+                objective = gift_objective(cfg.gift, num_pairs=pairs, num_groups=k, implicit_moments=moments)
+            else:
+                mask = mini["loss_mask"]
+                objective = grpo_objective(
+                    cfg.grpo, num_tokens=int(mask.sum()), num_sequences=rows_per_mini, num_groups=k
+                )
+            step_metrics.append(parts.policy.train_step(mini, objective, group_size=G))
+    metrics.update({f"train/{k}": v for k, v in _mean_metrics(step_metrics).items()} if step_metrics else {})
+    metrics["train/zero_std_frac"] = float(zero_std.float().mean())
+    metrics["train/optimizer_steps"] = len(step_metrics)
+    return metrics
+
+
+def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, float]:
+    """One whole rollout step (1-6 of the module docstring); returns its metrics."""
+    metrics: dict[str, float] = {}
+    t0 = time.perf_counter()
+    records = parts.sampler.next_batch()
+    sampling = dataclasses.replace(cfg.sampling, seed=_step_seed(cfg.seed, step, parts.dp_rank, "train"))
+    with _timer(metrics, "time/rollout"):
+        prompt_ids, responses, logprobs, rewards, reasons = generate_and_score(
+            parts, records, cfg.group_size, sampling
+        )
+    n = len(responses)
+    index = [i // cfg.group_size for i in range(n)]
+    batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs)
+    metrics["train/reward"] = float(rewards.mean())
+    metrics["train/accuracy"] = sum(r == "correct" for r in reasons) / n
+    metrics["train/response_length"] = sum(map(len, responses)) / n
+    for reason in sorted(set(reasons)):
+        metrics[f"reward/{reason}_frac"] = reasons.count(reason) / n
+    metrics.update(update(parts, cfg, batch, rewards))
+    if parts.refit is not None:
+        with _timer(metrics, "time/refit"):
+            parts.refit()
+    metrics["time/step"] = time.perf_counter() - t0
+    return metrics
+
+
+def train(parts: LoopParts, cfg: LoopConfig, start_step: int = 0) -> list[dict[str, float]]:
+    """Run rollout steps ``start_step + 1 .. max_steps``; returns every logged record.
+
+    ``start_step`` > 0 means a resume: the policy and the sampler were restored by the caller
+    from the checkpoint of that step.
+    """
+    history = []
+
+    def record(step, metrics):
+        history.append({"step": step, **metrics})
+        parts.log(step, metrics)
+        parts.progress(step, metrics)
+
+    if start_step == 0 and cfg.eval_every:
+        with _timer(m := {}, "time/eval"):
+            m.update(evaluate(parts, cfg))
+        record(0, m)
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        metrics = rollout_step(parts, cfg, step)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            with _timer(metrics, "time/eval"):
+                metrics.update(evaluate(parts, cfg))
+        record(step, metrics)
+        last = step == cfg.max_steps
+        if cfg.checkpoint_dir and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+            parts.policy.save(
+                cfg.checkpoint_dir, step, {"step": step, "sampler": parts.sampler.state_dict()}, cfg.keep_last
+            )
+    return history

@@ -1,0 +1,210 @@
+"""The megatron-core policy behind :class:`nemo_gift.algorithms.interfaces.PolicyInterface`.
+
+It owns this rank's stage of the trainable model (DDP-wrapped), the frozen reference, the
+megatron-core optimizer and the LR schedule, and turns whole-batch requests from the loop into
+per-rank work:
+
+- :meth:`logprobs`: each data-parallel (DP) rank computes the log-probs of its N/D rows in
+  micro-batches, forward only, through ``forward_backward_func`` (so PP works), with the
+  vocab-parallel reduction (:mod:`nemo_gift.distributed.logprobs`); the last stage's result is
+  broadcast over PP, then all-gathered over DP, so every rank returns the whole [N, S].
+- :meth:`train_step`: the mini-batch is dealt over DP ranks and micro-batches in contiguous
+  slices (whole groups whenever the micro-batch size is a multiple of G, as in
+  :func:`nemo_gift.distributed.group_stats.partition_groups`); the objective's loss carries the
+  global normalizer, and is scaled by M*D for backward to undo the schedule's 1/M and DDP's
+  1/D (the contract of :mod:`nemo_gift.distributed.megatron_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+
+from nemo_gift.algorithms.rollout import select
+from nemo_gift.distributed.megatron_step import forward_logprobs, run_step
+from nemo_gift.models.policy import checkpoint
+from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
+from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
+
+
+class LRSchedule:
+    """Constant, or linear warmup then cosine decay to ``min_lr`` over ``total_steps``."""
+
+    def __init__(self, lr: float, *, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1,
+                 min_lr: float = 0.0):
+        self.lr, self.kind, self.warmup, self.total, self.min_lr = lr, kind, warmup_steps, max(1, total_steps), min_lr
+        self.step_count = 0
+
+    def value(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return self.lr
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.step_count = int(state["step_count"])
+
+
+class MegatronPolicy:
+    """A megatron-core GPT policy and its reference, for any TP/PP/DP layout (PolicyInterface)."""
+
+    def __init__(self, model_cfg: ModelConfig, parallel: ParallelConfig, *, micro_batch_size: int,
+                 logprob_chunk_size: int | None = None, with_reference: bool = True):
+        from megatron.core import parallel_state as ps
+
+        self.model_cfg, self.parallel = model_cfg, parallel
+        self.micro_batch_size, self.chunk = micro_batch_size, logprob_chunk_size
+        self.module = build_gpt_model(model_cfg, parallel)
+        self.model = wrap_for_training(self.module, parallel)
+        self.reference = None
+        if with_reference:
+            self.reference = build_gpt_model(model_cfg, parallel)
+            self.reference.requires_grad_(False)
+            self.sync_reference()
+        self.optimizer, self.schedule = None, None
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.dp_group = ps.get_data_parallel_group()
+
+    # ---------------------------------------------------------------- optimizer
+    def configure_optimizer(self, *, lr: float, weight_decay: float = 0.0, clip_grad: float = 1.0,
+                            adam_beta1: float = 0.9, adam_beta2: float = 0.999, schedule: str = "constant",
+                            warmup_steps: int = 0, total_steps: int = 1, min_lr: float = 0.0) -> None:
+        """A fresh megatron-core Adam (state reset) and LR schedule."""
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        dtype = self.module.config.params_dtype
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=weight_decay, adam_beta1=adam_beta1,
+                adam_beta2=adam_beta2, clip_grad=clip_grad, bf16=dtype is torch.bfloat16,
+                params_dtype=dtype, use_distributed_optimizer=self.parallel.use_distributed_optimizer,
+            ),
+            [self.model],
+        )
+        self.schedule = LRSchedule(lr, kind=schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+                                   min_lr=min_lr)
+
+    def sync_reference(self) -> None:
+        """Make the reference a copy of the current weights (at the start of RL)."""
+        if self.reference is None:
+            return
+        with torch.no_grad():
+            for p_ref, p in zip(self.reference.parameters(), self.module.parameters()):
+                p_ref.copy_(p)
+
+    # ---------------------------------------------------------------- PolicyInterface
+    def _dp_rows(self, n: int) -> slice:
+        if n % self.dp_size:
+            raise ValueError(f"batch of {n} rows does not split over {self.dp_size} data-parallel ranks")
+        per = n // self.dp_size
+        return slice(self.dp_rank * per, (self.dp_rank + 1) * per)
+
+    def logprobs(self, batch: Mapping[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
+        """log pi(labels) [N, S] on every rank (see the module docstring)."""
+        model = self.reference if reference else self.module
+        if model is None:
+            raise ValueError("this policy was built without a reference model")
+        tokens, labels = batch["tokens"], batch["labels"]
+        rows = self._dp_rows(tokens.shape[0])
+        mine_t, mine_l = tokens[rows], labels[rows]
+        b = math.gcd(self.micro_batch_size, mine_t.shape[0])
+        micro = [{"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]} for i in range(0, mine_t.shape[0], b)]
+        was_training = model.training
+        model.eval()
+        try:
+            local = forward_logprobs(model, micro, logprob_chunk_size=self.chunk)
+        finally:
+            model.train(was_training)
+        if self.dp_size == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.dp_size)]
+        dist.all_gather(parts, local.contiguous(), group=self.dp_group)
+        return torch.cat(parts)
+
+    def train_step(self, batch: Mapping[str, torch.Tensor], objective, *, group_size: int) -> dict[str, float]:
+        """One optimizer step minimizing the sum of ``objective`` over this mini-batch."""
+        if self.optimizer is None:
+            raise RuntimeError("configure_optimizer() first")
+        n = batch["tokens"].shape[0]
+        if n % (self.dp_size * group_size):
+            raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
+        b = math.gcd(self.micro_batch_size, n // self.dp_size)
+        num_micro = n // (self.dp_size * b)
+        # Micro-batch step j holds rows [j*D*b, (j+1)*D*b); DP rank d takes its d-th slice of b.
+        # A group straddles ranks or micro-batches only when b is not a multiple of G; the
+        # objective then carries group statistics computed over the whole mini-batch.
+        step_rows = self.dp_size * b
+        micro = [
+            select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b, j * step_rows + (self.dp_rank + 1) * b))
+            for j in range(num_micro)
+        ]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.value(self.schedule.step_count)
+        self.optimizer.zero_grad()
+        out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.schedule.step_count += 1
+        result = {
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "update_ok": float(bool(ok)),
+        }
+        result.update(self._reduce_metrics(out.get("metrics")))
+        result["loss"] = out["loss"]
+        return result
+
+    def _reduce_metrics(self, outputs: list[dict] | None) -> dict[str, float]:
+        """The objective's metrics averaged over micro-batches and DP ranks, on every rank: sent
+        from the last stage over PP, gathered over DP."""
+        from megatron.core import parallel_state as ps
+
+        local = None
+        if ps.is_pipeline_last_stage():
+            local = {k: [float(o[k]) for o in outputs] for k in sorted(outputs[0]) if k != "loss"}
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            box = [local]
+            dist.broadcast_object_list(
+                box, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+            )
+            local = box[0]
+        ranks = [local]
+        if self.dp_size > 1:
+            ranks = [None] * self.dp_size
+            dist.all_gather_object(ranks, local, group=self.dp_group)
+        out = {}
+        for key in ranks[0]:
+            values = [v for r in ranks for v in r[key]]
+            out[key] = sum(values) / len(values)
+        return out
+
+    def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The current weights under Hugging Face names (full tensors, streamed)."""
+        from nemo_gift.export.mapping import export_hf_tensors
+
+        return export_hf_tensors(self.module, self.model_cfg)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
+        from nemo_gift.config.convert import to_dict
+
+        state = dict(trainer_state, lr_schedule=self.schedule.state_dict() if self.schedule else None)
+        path = checkpoint.save_checkpoint(
+            root, step, self.model, self.optimizer, None, trainer_state=state,
+            model_config=to_dict(self.model_cfg), keep_last=keep_last,
+        )
+        return str(path)
+
+    def load(self, path: str) -> dict[str, Any]:
+        meta = checkpoint.load_checkpoint(path, self.model, self.optimizer, None)
+        state = meta["trainer_state"]
+        if self.schedule is not None and state.get("lr_schedule"):
+            self.schedule.load_state_dict(state["lr_schedule"])
+        return state
