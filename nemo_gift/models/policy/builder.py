@@ -3,8 +3,11 @@
     ps.initialize_model_parallel(tp, pp)      # nemo_gift.distributed.parallel.initialize
     model = build_gpt_model(model_cfg, parallel_cfg)
 
-The local (non-Transformer-Engine) layer spec is used here; it is what runs on CPU, and the
-numerical reference for the Transformer Engine spec on GPUs.
+The layer spec follows ``parallel.transformer_impl``: the local megatron-core spec on CPU (and
+the numerical reference), the Transformer Engine spec (:mod:`nemo_gift.models.policy.te_spec`,
+the only module that imports TE) on GPUs that have it, with ``parallel.fp8`` mapped onto
+megatron-core's FP8 settings. The embedding and output tables have
+``model.padded_vocab_size(TP)`` rows (see :meth:`ModelConfig.padded_vocab_size`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,20 @@ from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def use_transformer_engine(parallel: ParallelConfig) -> bool:
+    """Whether this layout builds Transformer Engine layers (see ``parallel.transformer_impl``)."""
+    from nemo_gift.models.policy import te_spec
+
+    if parallel.transformer_impl == "auto":
+        return torch.cuda.is_available() and te_spec.transformer_engine_available()
+    return parallel.transformer_impl == "transformer_engine"
+
+
 def transformer_config(model: ModelConfig, parallel: ParallelConfig):
-    """The megatron-core ``TransformerConfig`` for this model and layout."""
+    """The megatron-core ``TransformerConfig`` for this model and layout (FP8 fields included)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nemo_gift.models.policy import te_spec
 
     dtype = _DTYPES[parallel.params_dtype]
     on_cpu = not torch.cuda.is_available()
@@ -54,13 +68,19 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
+        **te_spec.fp8_kwargs(parallel.fp8),
     )
 
 
-def layer_spec(model: ModelConfig):
-    """The local megatron-core layer spec for this architecture."""
+def layer_spec(model: ModelConfig, parallel: ParallelConfig | None = None):
+    """The megatron-core layer spec: local, or Transformer Engine when ``parallel`` asks for it
+    (or ``auto`` finds CUDA and TE)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    if parallel is not None and use_transformer_engine(parallel):
+        from nemo_gift.models.policy import te_spec
+
+        return te_spec.layer_spec(model)
     return get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization="RMSNorm")
 
 
@@ -74,7 +94,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
 
     Returns:
         A ``megatron.core.models.gpt.GPTModel`` whose forward returns vocab-parallel logits
-        ``[b, s, V/TP]`` on the last stage (``parallel_output=True``) and hidden states elsewhere.
+        ``[b, s, Vp/TP]`` on the last stage (``parallel_output=True``; ``Vp`` =
+        ``model.padded_vocab_size(TP)``) and hidden states elsewhere.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -82,8 +103,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
     parallel.validate_for(model, cuda=torch.cuda.is_available())
     return GPTModel(
         config=transformer_config(model, parallel),
-        transformer_layer_spec=spec if spec is not None else layer_spec(model),
-        vocab_size=model.vocab_size,
+        transformer_layer_spec=spec if spec is not None else layer_spec(model, parallel),
+        vocab_size=model.padded_vocab_size(parallel.tensor_model_parallel_size),
         max_sequence_length=model.max_position_embeddings,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),

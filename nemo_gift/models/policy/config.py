@@ -1,9 +1,10 @@
-"""Typed configuration of the policy model and its parallel layout.
+"""Typed configuration of the policy model, its parallel layout and its precision.
 
 One :class:`ModelConfig` describes the decoder-only architectures the project supports
 (Llama / DeepSeek-LLM, Qwen2 / Qwen2.5, Qwen3); :class:`ParallelConfig` describes how it is
-split over ranks. Both validate themselves on construction, so a wrong value fails before any
-process group or weight exists, with a message that names the field.
+split over ranks and how it runs (dtype, layer implementation, :class:`Fp8Config`). All
+validate themselves on construction, so a wrong value fails before any process group or
+weight exists, with a message that names the field.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from typing import Literal
 
 Architecture = Literal["llama", "qwen2", "qwen3"]
 ParamsDtype = Literal["float32", "bfloat16", "float16"]
+TransformerImpl = Literal["auto", "local", "transformer_engine"]
+Fp8Format = Literal["e4m3", "hybrid"]
+Fp8Recipe = Literal["delayed", "tensorwise", "mxfp8", "blockwise"]
+Fp8AmaxAlgo = Literal["most_recent", "max"]
+
+
+def _check_choice(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 @dataclasses.dataclass
@@ -34,7 +44,8 @@ class ModelConfig:
     kv_channels: int | None = None
     """Head dimension; ``None`` means ``hidden_size // num_attention_heads`` (Qwen3 sets it)."""
     vocab_size: int = 128
-    """Vocabulary size, as the tokenizer and the embedding table see it."""
+    """Vocabulary size, as the tokenizer and HF see it (megatron's tables may have padding rows,
+    see :meth:`padded_vocab_size`)."""
     max_position_embeddings: int = 2048
     """Longest sequence the RoPE tables are built for."""
     rotary_base: float = 10000.0
@@ -47,13 +58,19 @@ class ModelConfig:
     """RMSNorm on each head's queries and keys (Qwen3: true)."""
     tie_word_embeddings: bool = False
     """Share the input embedding and the output layer (small Qwen models)."""
+    make_vocab_size_divisible_by: int = 128
+    """megatron's vocab padding unit. Used only when TP does not divide ``vocab_size``: the
+    embedding and output tables then get :meth:`padded_vocab_size` rows (zeros past
+    ``vocab_size``), and HF export strips them again."""
 
     def __post_init__(self):
-        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size"):
+        for name in (
+            "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
+            "make_vocab_size_divisible_by",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.arch not in ("llama", "qwen2", "qwen3"):
-            raise ValueError(f"model.arch must be one of llama, qwen2, qwen3; got {self.arch!r}")
+        _check_choice("model.arch", self.arch, ("llama", "qwen2", "qwen3"))
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
@@ -75,6 +92,70 @@ class ModelConfig:
         """Per-head channels."""
         return self.kv_channels or self.hidden_size // self.num_attention_heads
 
+    def padded_vocab_size(self, tp: int) -> int:
+        """Rows of the embedding and output tables at tensor parallelism ``tp``.
+
+        ``vocab_size`` itself when ``tp`` divides it (the usual case: Qwen2.5's 152064,
+        Qwen3's 151936, Llama 3's 128256 and DeepSeek-LLM's 102400 are multiples of 8).
+        Otherwise megatron's convention: the next multiple of
+        ``make_vocab_size_divisible_by * tp``. The logits of the padding ids are 0 (their
+        output rows are zero), not -inf: consumers of full-vocabulary logits must ignore the
+        columns from ``vocab_size`` on.
+        """
+        if self.vocab_size % tp == 0:
+            return self.vocab_size
+        multiple = self.make_vocab_size_divisible_by * tp
+        return -(-self.vocab_size // multiple) * multiple
+
+
+@dataclasses.dataclass
+class Fp8Config:
+    """FP8 training through Transformer Engine (GPU only), mapped onto megatron-core's
+    ``TransformerConfig`` fp8 fields by :func:`nemo_gift.models.policy.te_spec.fp8_kwargs`.
+
+    Needs ``parallel.transformer_impl`` ``auto`` or ``transformer_engine`` and the ``gpu``
+    extra (``pip install nemo_gift[gpu]``). Parameters and optimizer state keep
+    ``parallel.params_dtype`` (bf16 on GPUs); FP8 applies to the GEMMs of the transformer
+    layers, except the first and last ``high_precision_layers_*`` layers.
+    """
+
+    format: Fp8Format = "hybrid"
+    """``e4m3`` everywhere, or ``hybrid``: e4m3 forward, e5m2 for the gradients (the usual
+    choice for training). -> ``TransformerConfig.fp8``."""
+    recipe: Fp8Recipe = "tensorwise"
+    """Scaling recipe: ``tensorwise`` (per-tensor current scaling), ``delayed`` (amax history),
+    ``mxfp8`` (Blackwell only) or ``blockwise`` (block scaling; needs a recent TE). -> ``fp8_recipe``."""
+    margin: int = 0
+    """Scaling-factor margin (powers of 2). -> ``fp8_margin``."""
+    amax_history_len: int = 1024
+    """Amax history window of the ``delayed`` recipe. -> ``fp8_amax_history_len``."""
+    amax_compute_algo: Fp8AmaxAlgo = "max"
+    """How the ``delayed`` recipe picks amax from its history. -> ``fp8_amax_compute_algo``."""
+    high_precision_layers_at_start: int = 0
+    """Transformer layers kept in ``params_dtype`` at the start of the model (global index).
+    -> ``first_last_layers_bf16`` and ``num_layers_at_start_in_bf16``; not with ``delayed``."""
+    high_precision_layers_at_end: int = 0
+    """Same, at the end of the model. -> ``num_layers_at_end_in_bf16``."""
+    fp8_wgrad: bool = True
+    """Weight gradients in FP8 too; false computes them in high precision. -> ``fp8_wgrad``."""
+    fp8_param: bool = False
+    """Keep the GEMM weights themselves in FP8 (saves memory). -> ``fp8_param``."""
+
+    def __post_init__(self):
+        _check_choice("parallel.fp8.format", self.format, ("e4m3", "hybrid"))
+        _check_choice("parallel.fp8.recipe", self.recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
+        _check_choice("parallel.fp8.amax_compute_algo", self.amax_compute_algo, ("most_recent", "max"))
+        for name in ("margin", "high_precision_layers_at_start", "high_precision_layers_at_end"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"parallel.fp8.{name} must be >= 0, got {getattr(self, name)}")
+        if self.amax_history_len < 1:
+            raise ValueError(f"parallel.fp8.amax_history_len must be >= 1, got {self.amax_history_len}")
+        if self.recipe == "delayed" and (self.high_precision_layers_at_start or self.high_precision_layers_at_end):
+            raise ValueError(
+                "parallel.fp8.high_precision_layers_at_start/_at_end need a current-scaling recipe "
+                "(tensorwise, mxfp8 or blockwise); megatron-core refuses them with recipe=delayed"
+            )
+
 
 @dataclasses.dataclass
 class ParallelConfig:
@@ -90,6 +171,12 @@ class ParallelConfig:
     """Shard optimizer state over DP (GPU only: CUDA tensor-type checks)."""
     params_dtype: ParamsDtype = "float32"
     """Parameter dtype; bf16 on GPUs."""
+    transformer_impl: TransformerImpl = "auto"
+    """Layer implementation: ``local`` (megatron-core's own modules; runs anywhere, and is the
+    numerical reference), ``transformer_engine`` (TE modules; needs CUDA and the ``gpu``
+    extra), or ``auto``: TE where CUDA and TE are both present, else local."""
+    fp8: Fp8Config | None = None
+    """FP8 training (GPU, Transformer Engine); ``None`` keeps every GEMM in ``params_dtype``."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
@@ -97,6 +184,17 @@ class ParallelConfig:
                 raise ValueError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("parallel.sequence_parallel=true needs tensor_model_parallel_size > 1")
+        _check_choice("parallel.params_dtype", self.params_dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("parallel.transformer_impl", self.transformer_impl, ("auto", "local", "transformer_engine"))
+        if isinstance(self.fp8, dict):  # from YAML
+            self.fp8 = Fp8Config(**self.fp8)
+        if self.fp8 is not None or self.transformer_impl == "transformer_engine":
+            from nemo_gift.models.policy import te_spec
+
+            what = "parallel.fp8" if self.fp8 is not None else "parallel.transformer_impl=transformer_engine"
+            te_spec.require_transformer_engine(what)
+        if self.fp8 is not None and self.transformer_impl == "local":
+            raise ValueError("parallel.fp8 needs the Transformer Engine layers; set parallel.transformer_impl to auto")
 
     def validate_for(self, model: ModelConfig, world_size: int | None = None, cuda: bool = True):
         """Check the layout against a model and a world size; raise naming the key."""
@@ -116,16 +214,19 @@ class ParallelConfig:
                 f"parallel.tensor_model_parallel_size={tp} does not divide "
                 f"model.ffn_hidden_size={model.ffn_hidden_size}"
             )
-        if model.vocab_size % tp:
-            raise ValueError(
-                f"parallel.tensor_model_parallel_size={tp} does not divide "
-                f"model.vocab_size={model.vocab_size}"
-            )
         if model.num_layers % pp:
             raise ValueError(
                 f"parallel.pipeline_model_parallel_size={pp} does not divide "
                 f"model.num_layers={model.num_layers}"
             )
+        if self.fp8 is not None:
+            per_stage = model.num_layers // pp
+            for name in ("high_precision_layers_at_start", "high_precision_layers_at_end"):
+                if getattr(self.fp8, name) > per_stage:
+                    raise ValueError(
+                        f"parallel.fp8.{name}={getattr(self.fp8, name)} exceeds the {per_stage} "
+                        f"layers of a pipeline stage (megatron-core's limit)"
+                    )
         if world_size is not None and world_size % (tp * pp):
             raise ValueError(
                 f"world size {world_size} is not divisible by tensor_model_parallel_size * "
@@ -139,3 +240,8 @@ class ParallelConfig:
                     raise ValueError(f"parallel.{key}=true cannot run without CUDA: {why}")
             if self.params_dtype == "float16":
                 raise ValueError("parallel.params_dtype=float16 is not supported on CPU; use float32 or bfloat16")
+            if self.fp8 is not None or self.transformer_impl == "transformer_engine":
+                raise ValueError(
+                    "parallel.fp8 and parallel.transformer_impl=transformer_engine need CUDA "
+                    "(Transformer Engine has no CPU kernels)"
+                )
