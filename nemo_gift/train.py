@@ -163,6 +163,7 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
     """SFT the fresh model (or load the cached result of the same SFT)."""
     from nemo_gift.algorithms.sft import sft_warm_start
     from nemo_gift.models.policy import checkpoint
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
 
     if cfg.sft.steps == 0:
         return
@@ -170,10 +171,10 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
     if cache is not None and checkpoint.latest_checkpoint(cache) is not None:
         checkpoint.load_checkpoint(checkpoint.latest_checkpoint(cache), policy.model)
         return
-    policy.configure_optimizer(
-        lr=cfg.sft.lr, clip_grad=cfg.optim.clip_grad, weight_decay=0.01, schedule="cosine",
-        warmup_steps=min(100, cfg.sft.steps // 8), total_steps=cfg.sft.steps, min_lr=cfg.sft.lr / 10,
-    )
+    policy.configure_optimizer(OptimizerSettings(
+        lr=cfg.sft.lr, min_lr=cfg.sft.lr / 10, weight_decay=0.01, clip_grad=cfg.optim.clip_grad,
+        schedule="cosine", warmup_steps=min(100, cfg.sft.steps // 8), decay_steps=cfg.sft.steps,
+    ))
     sft_warm_start(policy, task.sft_examples, cfg.sft.steps, task.pad_token_id,
                    log=lambda step, m: log(step, {f"sft/{k}": v for k, v in m.items()}))
     if cache is not None:
@@ -190,6 +191,7 @@ def run(cfg: RunConfig) -> list[dict]:
     from nemo_gift.models.generation.interfaces import SamplingConfig
     from nemo_gift.models.policy import checkpoint
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
     from nemo_gift.utils.logger import MetricsLogger
     from nemo_gift.utils.progress import Progress
 
@@ -218,7 +220,8 @@ def run(cfg: RunConfig) -> list[dict]:
         cfg.trainer.algorithm == "grpo" and cfg.grpo.beta_kl > 0
     )
     policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
-                            logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference)
+                            logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
+                            offload_reference=cfg.init.offload_reference)
     if cfg.init.hf_checkpoint:
         from nemo_gift.export.hf_import import import_hf
 
@@ -228,12 +231,13 @@ def run(cfg: RunConfig) -> list[dict]:
     warm_start(cfg, policy, task, sft_logger.log)
     sft_logger.close()
     policy.sync_reference()  # pi_ref: the model RL starts from
-    rows_per_step = t.prompts_per_step // t.mini_batch_prompts
-    policy.configure_optimizer(
-        lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
-        adam_beta1=cfg.optim.adam_beta1, adam_beta2=cfg.optim.adam_beta2, schedule=cfg.optim.schedule,
-        warmup_steps=cfg.optim.warmup_steps, total_steps=max_steps * rows_per_step, min_lr=cfg.optim.min_lr,
-    )
+    o = cfg.optim
+    optimizer_steps = max_steps * (t.prompts_per_step // t.mini_batch_prompts)
+    policy.configure_optimizer(OptimizerSettings(
+        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2,
+        clip_grad=o.clip_grad, schedule=o.schedule, warmup_steps=o.warmup_steps,
+        decay_steps=max(optimizer_steps, o.warmup_steps + 1) if o.schedule == "cosine" else None,
+    ))
     if resume:
         state = policy.load(str(resume))
         sampler.load_state_dict(state["sampler"])

@@ -41,6 +41,8 @@ class InitConfig:
     """A local Hugging Face directory (config.json + safetensors); None builds ``model`` randomly."""
     trust_remote_code: bool = False
     """Passed to transformers when reading the checkpoint's config and tokenizer. Off by default."""
+    offload_reference: bool = False
+    """Keep the frozen reference model in host memory between uses (frees GPU memory)."""
 
 
 @dataclasses.dataclass

@@ -28,36 +28,16 @@ from nemo_gift.distributed.megatron_step import forward_logprobs, run_step
 from nemo_gift.models.policy import checkpoint
 from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
-
-
-class LRSchedule:
-    """Constant, or linear warmup then cosine decay to ``min_lr`` over ``total_steps``."""
-
-    def __init__(self, lr: float, *, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1,
-                 min_lr: float = 0.0):
-        self.lr, self.kind, self.warmup, self.total, self.min_lr = lr, kind, warmup_steps, max(1, total_steps), min_lr
-        self.step_count = 0
-
-    def value(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        if self.kind == "constant":
-            return self.lr
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step_count": self.step_count}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.step_count = int(state["step_count"])
+from nemo_gift.models.policy.optimizer import OptimizerSettings, build_optimizer, build_scheduler, optimizer_step
+from nemo_gift.models.policy.reference import ReferenceModel
 
 
 class MegatronPolicy:
     """A megatron-core GPT policy and its reference, for any TP/PP/DP layout (PolicyInterface)."""
 
     def __init__(self, model_cfg: ModelConfig, parallel: ParallelConfig, *, micro_batch_size: int,
-                 logprob_chunk_size: int | None = None, with_reference: bool = True):
+                 logprob_chunk_size: int | None = None, with_reference: bool = True,
+                 offload_reference: bool = False):
         from megatron.core import parallel_state as ps
 
         self.model_cfg, self.parallel = model_cfg, parallel
@@ -66,39 +46,21 @@ class MegatronPolicy:
         self.model = wrap_for_training(self.module, parallel)
         self.reference = None
         if with_reference:
-            self.reference = build_gpt_model(model_cfg, parallel)
-            self.reference.requires_grad_(False)
-            self.sync_reference()
-        self.optimizer, self.schedule = None, None
+            self.reference = ReferenceModel.from_policy(self.module, model_cfg, parallel, offload=offload_reference)
+        self.optimizer, self.scheduler = None, None
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group()
 
     # ---------------------------------------------------------------- optimizer
-    def configure_optimizer(self, *, lr: float, weight_decay: float = 0.0, clip_grad: float = 1.0,
-                            adam_beta1: float = 0.9, adam_beta2: float = 0.999, schedule: str = "constant",
-                            warmup_steps: int = 0, total_steps: int = 1, min_lr: float = 0.0) -> None:
-        """A fresh megatron-core Adam (state reset) and LR schedule."""
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-        dtype = self.module.config.params_dtype
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=weight_decay, adam_beta1=adam_beta1,
-                adam_beta2=adam_beta2, clip_grad=clip_grad, bf16=dtype is torch.bfloat16,
-                params_dtype=dtype, use_distributed_optimizer=self.parallel.use_distributed_optimizer,
-            ),
-            [self.model],
-        )
-        self.schedule = LRSchedule(lr, kind=schedule, warmup_steps=warmup_steps, total_steps=total_steps,
-                                   min_lr=min_lr)
+    def configure_optimizer(self, settings: OptimizerSettings) -> None:
+        """A fresh megatron-core optimizer (state reset) and LR schedule."""
+        self.optimizer = build_optimizer([self.model], settings, self.parallel)
+        self.scheduler = build_scheduler(self.optimizer, settings)
 
     def sync_reference(self) -> None:
         """Make the reference a copy of the current weights (at the start of RL)."""
-        if self.reference is None:
-            return
-        with torch.no_grad():
-            for p_ref, p in zip(self.reference.parameters(), self.module.parameters()):
-                p_ref.copy_(p)
+        if self.reference is not None:
+            self.reference.load_from(self.module)
 
     # ---------------------------------------------------------------- PolicyInterface
     def _dp_rows(self, n: int) -> slice:
@@ -109,20 +71,23 @@ class MegatronPolicy:
 
     def logprobs(self, batch: Mapping[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
         """log pi(labels) [N, S] on every rank (see the module docstring)."""
-        model = self.reference if reference else self.module
-        if model is None:
+        if reference and self.reference is None:
             raise ValueError("this policy was built without a reference model")
         tokens, labels = batch["tokens"], batch["labels"]
         rows = self._dp_rows(tokens.shape[0])
         mine_t, mine_l = tokens[rows], labels[rows]
         b = math.gcd(self.micro_batch_size, mine_t.shape[0])
         micro = [{"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]} for i in range(0, mine_t.shape[0], b)]
-        was_training = model.training
-        model.eval()
-        try:
-            local = forward_logprobs(model, micro, logprob_chunk_size=self.chunk)
-        finally:
-            model.train(was_training)
+        if reference:
+            with self.reference.on_device() as module:
+                local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk)
+        else:
+            was_training = self.module.training
+            self.module.eval()
+            try:
+                local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk)
+            finally:
+                self.module.train(was_training)
         if self.dp_size == 1:
             return local
         parts = [torch.empty_like(local) for _ in range(self.dp_size)]
@@ -146,17 +111,10 @@ class MegatronPolicy:
             select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b, j * step_rows + (self.dp_rank + 1) * b))
             for j in range(num_micro)
         ]
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.value(self.schedule.step_count)
         self.optimizer.zero_grad()
         out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
-        ok, grad_norm, _ = self.optimizer.step()
-        self.schedule.step_count += 1
-        result = {
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "update_ok": float(bool(ok)),
-        }
+        step = optimizer_step(self.optimizer, self.scheduler)
+        result = {"grad_norm": step.grad_norm, "lr": step.lr, "update_ok": float(step.updated)}
         result.update(self._reduce_metrics(out.get("metrics")))
         result["loss"] = out["loss"]
         return result
@@ -195,16 +153,11 @@ class MegatronPolicy:
     def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
         from nemo_gift.config.convert import to_dict
 
-        state = dict(trainer_state, lr_schedule=self.schedule.state_dict() if self.schedule else None)
         path = checkpoint.save_checkpoint(
-            root, step, self.model, self.optimizer, None, trainer_state=state,
+            root, step, self.model, self.optimizer, self.scheduler, trainer_state=dict(trainer_state),
             model_config=to_dict(self.model_cfg), keep_last=keep_last,
         )
         return str(path)
 
     def load(self, path: str) -> dict[str, Any]:
-        meta = checkpoint.load_checkpoint(path, self.model, self.optimizer, None)
-        state = meta["trainer_state"]
-        if self.schedule is not None and state.get("lr_schedule"):
-            self.schedule.load_state_dict(state["lr_schedule"])
-        return state
+        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
