@@ -12,8 +12,9 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
+ALIGNER_VENV ?= .venv-aligner
 
-.PHONY: install run test test-all clean
+.PHONY: install run test test-all test-aligner clean
 
 install: $(VENV)/.installed
 
@@ -33,5 +34,14 @@ test: install
 test-all: install
 	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
 
+# NeMo-Aligner 0.7.0 + nemo-toolkit 2.4.1 in their own venv (docs/nemo-aligner.md): 6-17 min, 2.6 GB.
+$(ALIGNER_VENV)/.installed: scripts/install_aligner_env.sh setup.py
+	rm -rf $(ALIGNER_VENV)
+	PYTHON=$(PYTHON) bash scripts/install_aligner_env.sh $(ALIGNER_VENV)
+	touch $@
+
+test-aligner: $(ALIGNER_VENV)/.installed
+	$(ALIGNER_VENV)/bin/python -m pytest -q tests/unit/integrations $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ALIGNER_VENV) *.egg-info .pytest_cache

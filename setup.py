@@ -21,7 +21,10 @@ which the Makefile and CI use.
   is a stub that downloads from NVIDIA's index at build time). Install it with
   ``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``, as containers/Dockerfile does.
 - ``aligner`` extra: nemo-aligner 0.7.0 (its last release) imports ``nemo.collections.nlp``,
-  which exists only up to nemo-toolkit 2.4.1 (3.0 is speech-only).
+  which exists only up to nemo-toolkit 2.4.1 (3.0 is speech-only). ``nemo-toolkit[nlp]`` pins
+  transformers<=4.52, which conflicts with the range above, so the extra takes the bare
+  packages: the NeMo image supplies the nlp collection's dependencies, and on a bare CPU
+  machine ``scripts/install_aligner_env.sh`` builds a separate venv (``make test-aligner``).
 """
 
 from setuptools import find_packages, setup
@@ -44,7 +47,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
     "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1"],
-    "aligner": ["nemo-toolkit[nlp]==2.4.1", "nemo-aligner==0.7.0"],
+    "aligner": ["nemo-toolkit==2.4.1", "nemo-aligner==0.7.0"],
 }
 
 setup(
