@@ -26,7 +26,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	touch $@
 
 run: install
-	$(PY) -m nemo_gift.doctor
+	$(PY) launcher/run.py conf=gift_tiny
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

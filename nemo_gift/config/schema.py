@@ -221,6 +221,12 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
         cfg.parallel.validate_for(cfg.model, world_size=world, cuda=cuda or cfg.cluster.executor == "slurm")
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if cfg.model.vocab_size % tp:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is not divisible by "
+            f"parallel.tensor_model_parallel_size={tp}: training would pad the vocabulary, and the "
+            "log-prob reduction does not mask padded columns yet"
+        )
     dp = world // (tp * pp)
     G, t = cfg.rollout.group_size, cfg.trainer
     if G < 2:

@@ -53,6 +53,7 @@ def _tiny(overrides):
 # (overrides, a fragment the error must contain: the offending key)
 INVALID = [
     (["rollout.group_size=1"], "rollout.group_size=1"),
+    (["model.vocab_size=19", "parallel.tensor_model_parallel_size=2", "cluster.tasks_per_node=2"], "model.vocab_size=19"),
     (["parallel.tensor_model_parallel_size=3"], "tensor_model_parallel_size=3"),
     (["model.num_query_groups=1", "parallel.tensor_model_parallel_size=2", "cluster.tasks_per_node=2"], "num_query_groups=1"),
     (["model.num_layers=3", "parallel.pipeline_model_parallel_size=2", "cluster.tasks_per_node=2"], "num_layers=3"),
