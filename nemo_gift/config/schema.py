@@ -186,7 +186,35 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass
+class ExportConfig:
+    """``job: export``: a project checkpoint to a Hugging Face directory (``conf/export.yaml``)."""
+
+    checkpoint: str | None = None
+    """A checkpoint directory (``.../step_000042``) or a checkpoints root (its latest one)."""
+    hf_out: str | None = None
+    """The new (or empty) output directory."""
+    hf_source: str | None = None
+    """The HF directory the run started from: its tokenizer files and generation config are copied."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Cast the weights; null keeps the checkpoint's dtype."""
+    max_shard_gb: float = 5.0
+    """Largest safetensors shard, in GiB."""
+
+    def command(self, python: str) -> list[str]:
+        """The ``python -m nemo_gift.export`` command line of this job."""
+        cmd = [python, "-m", "nemo_gift.export", "--checkpoint", str(self.checkpoint), "--hf-out", str(self.hf_out),
+               "--max-shard-gb", str(self.max_shard_gb)]
+        if self.hf_source:
+            cmd += ["--hf-source", self.hf_source]
+        if self.dtype:
+            cmd += ["--dtype", self.dtype]
+        return cmd
+
+
+@dataclasses.dataclass
 class RunConfig:
+    job: Literal["train", "export"] = "train"
+    """``train`` runs nemo_gift.train on every rank; ``export`` runs nemo_gift.export once."""
     name: str = "run"
     run_dir: str = "runs/run"
     seed: int = 1234
@@ -205,6 +233,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
 def _require_path(key: str, value: str | None) -> None:
@@ -215,6 +244,16 @@ def _require_path(key: str, value: str | None) -> None:
 def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
     """Cross-field checks; raise :class:`ConfigError` naming the key. Returns ``cfg``."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cfg.job == "export":
+        for key in ("checkpoint", "hf_out"):
+            if getattr(cfg.export, key) is None:
+                raise ConfigError(f"job=export needs export.{key}")
+        if cfg.cluster.executor == "local":
+            _require_path("export.checkpoint", cfg.export.checkpoint)
+            _require_path("export.hf_source", cfg.export.hf_source)
+        if cfg.cluster.world_size != 1:
+            raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
+        return cfg
     tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
     world = cfg.cluster.world_size
     try:

@@ -81,7 +81,9 @@ def run_local(cfg, config_path: Path) -> int:
     world = cfg.cluster.world_size
     env = dict(os.environ, NEMO_GIFT_DIST_BACKEND=cfg.cluster.backend)
     env.update({k: str(v) for k, v in cfg.cluster.env_vars.items()})
-    if world == 1:
+    if cfg.job == "export":
+        cmd = cfg.export.command(sys.executable)
+    elif world == 1:
         cmd = [sys.executable, "-m", "nemo_gift.train", "--config", str(config_path)]
     else:
         cmd = [
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(cfg.run_dir).resolve()
     if cfg.cluster.executor == "slurm":
-        script = slurm.render_sbatch(cfg.cluster, cfg.name, run_dir, run_dir / "config.yaml")
+        command = cfg.export.command(cfg.cluster.python) if cfg.job == "export" else None
+        script = slurm.render_sbatch(cfg.cluster, cfg.name, run_dir, run_dir / "config.yaml", command)
         if dry_run:
             print(script, end="")
             return 0

@@ -26,8 +26,11 @@ def _mounts(cluster: ClusterConfig, run_dir: Path) -> list[str]:
     return mounts
 
 
-def render_sbatch(cluster: ClusterConfig, job_name: str, run_dir: Path, config_path: Path) -> str:
-    """The sbatch script text for ``cluster`` running the config at ``config_path``."""
+def render_sbatch(
+    cluster: ClusterConfig, job_name: str, run_dir: Path, config_path: Path, command: list[str] | None = None
+) -> str:
+    """The sbatch script text for ``cluster`` running the config at ``config_path`` (or, when
+    given, ``command`` on each task)."""
     q = shlex.quote
     run_dir = Path(run_dir).resolve()
     log = run_dir / "slurm-%j.out"
@@ -71,7 +74,9 @@ def render_sbatch(cluster: ClusterConfig, job_name: str, run_dir: Path, config_p
         if cluster.container_workdir:
             srun.append(f"--container-workdir={q(cluster.container_workdir)}")
     srun += [q(arg) for arg in cluster.srun_args]
-    srun += [q(cluster.python), "-m", "nemo_gift.train", "--config", q(str(Path(config_path).resolve()))]
+    if command is None:
+        command = [cluster.python, "-m", "nemo_gift.train", "--config", str(Path(config_path).resolve())]
+    srun += [q(arg) for arg in command]
     return "\n".join(header + [""] + env + [""] + [" \\\n  ".join(srun)]) + "\n"
 
 

@@ -8,7 +8,7 @@ from nemo_gift.config.convert import ConfigError
 from nemo_gift.config.schema import RunConfig, load_run_config, read_run_config, write_run_config
 from nemo_gift.launcher.main import DEFAULT_CONF_DIR, compose, load, parse_argv
 
-RECIPES = sorted(p.stem for p in DEFAULT_CONF_DIR.glob("*.yaml") if p.stem != "base")
+RECIPES = sorted(p.stem for p in DEFAULT_CONF_DIR.glob("*.yaml") if p.stem not in ("base", "export"))
 
 
 def test_there_are_paper_recipes_for_both_methods():
@@ -94,6 +94,19 @@ def test_invalid_config_is_refused_naming_the_key(overrides, fragment):
 
 def test_there_are_at_least_15_invalid_cases():
     assert len(INVALID) >= 15
+
+
+def test_export_recipe_needs_its_paths(tmp_path):
+    with pytest.raises(ConfigError, match="export.checkpoint"):
+        load("export", [])
+    with pytest.raises(ConfigError, match="export.checkpoint=/no/such"):
+        load("export", ["export.checkpoint=/no/such", f"export.hf_out={tmp_path}/out"])
+    cfg = load("export", [f"export.checkpoint={tmp_path}", f"export.hf_out={tmp_path}/out", "export.dtype=bfloat16"])
+    assert cfg.job == "export"
+    assert cfg.export.command("python") == [
+        "python", "-m", "nemo_gift.export", "--checkpoint", str(tmp_path), "--hf-out", f"{tmp_path}/out",
+        "--max-shard-gb", "5.0", "--dtype", "bfloat16",
+    ]
 
 
 def test_argv_parsing():
