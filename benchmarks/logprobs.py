@@ -47,21 +47,10 @@ import time
 import torch
 import torch.distributed as dist
 
+from nemo_gift.utils.torch_utils import peak_cpu_bytes
+
 V, B, T, TP = 32768, 4, 512, 2
 MIB = 2.0**20
-
-
-def _peak_bytes(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    level = peak = 0
-    for _, nbytes in events:
-        level += nbytes
-        peak = max(peak, level)
-    return peak
 
 
 def _methods(group, chunk):
@@ -120,7 +109,7 @@ def _bench_rank(rank, world_size, reps, chunk):
         for name, fn in methods.items():
             logits, run = step(fn)
             dist.barrier()
-            peak = _peak_bytes(run) + logits.untyped_storage().nbytes()
+            peak = peak_cpu_bytes(run) + logits.untyped_storage().nbytes()
             rows[(str(dtype).split(".")[-1], name)] = {
                 "ms": 1e3 * min(times[name]), "peak": peak,
                 "shard": logits.untyped_storage().nbytes(),

@@ -26,6 +26,7 @@ import torch
 
 from nemo_gift.export import mapping
 from nemo_gift.models.policy.config import ModelConfig
+from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 __all__ = ["DEFAULT_MAX_SHARD_BYTES", "TOKENIZER_FILES", "export_checkpoint", "export_model", "write_hf_directory"]
 
@@ -38,8 +39,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 """Files copied from the source directory when present (also any other ``*.tiktoken``)."""
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import torch
 
+from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
+
 ChatMessage = dict[str, str]
 
 
@@ -53,9 +55,6 @@ class NonFinitePolicy(str, enum.Enum):
 
 class NonFiniteScoreError(RuntimeError):
     """The reward model produced NaN or inf scores."""
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ import torch
 
 from nemo_gift.models.generation.interfaces import GenerationOutput, HFWeights, SamplingConfig
 from nemo_gift.models.policy.config import ModelConfig
+from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 __all__ = [
     "INSTALL_HINT", "TrtllmConfig", "TrtllmGenerationEngine", "bucket_by_bytes", "config_from_run", "convert_outputs",
@@ -81,8 +82,6 @@ INSTALL_HINT = "pip install -e '.[gpu]' --extra-index-url https://pypi.nvidia.co
 SLEEP_TAGS = ("sampler", "drafter", "guided_decoder", "spec_resource_manager", "model_extra",
               "executor_extra", "model", "draft_model", "kv_cache")
 """TRT-LLM 1.2's memory tags (``ExecutorMemoryType`` values), as verl releases them."""
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def trtllm_available() -> bool:

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 
 def use_transformer_engine(parallel: ParallelConfig) -> bool:

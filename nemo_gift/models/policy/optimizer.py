@@ -31,11 +31,10 @@ from typing import Literal
 import torch
 
 from nemo_gift.models.policy.config import ParallelConfig
+from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 OptimizerKind = Literal["adam", "sgd"]
 ScheduleKind = Literal["constant", "cosine"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclasses.dataclass

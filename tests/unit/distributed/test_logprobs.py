@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from nemo_gift.distributed.logprobs import vocab_parallel_logprobs
 from nemo_gift.distributed.spawn import run_on_ranks
+from nemo_gift.utils.torch_utils import peak_cpu_bytes
 
 B, T, V = 3, 11, 64  # R = 33 rows; each TP=2 rank owns 32 token ids
 CHUNKS = [1, 4, 7, 32, 33, 1000]
@@ -169,20 +170,6 @@ def test_what_is_saved_for_backward():
         assert _saved_bytes(lambda: vocab_parallel_logprobs(xs * 1, y, None, inference_only=True)) == 0
 
 
-def _peak_bytes(fn):
-    """Peak bytes allocated by the CPU allocator while ``fn`` runs, above the level at its start."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    level = peak = 0
-    for _, nbytes in events:
-        level += nbytes
-        peak = max(peak, level)
-    return peak
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_training_memory_is_bounded_by_the_chunk(dtype):
     """Forward + backward allocate the gradient (nothing with overwrite_logits) plus one fp32
@@ -196,7 +183,7 @@ def test_chunked_training_memory_is_bounded_by_the_chunk(dtype):
 
     def peak(**kw):
         x = torch.randn(rows, 1, v, generator=g).to(dtype).requires_grad_()  # the model's logits
-        return _peak_bytes(lambda: torch.autograd.grad(vocab_parallel_logprobs(x, y, None, **kw), x, grad))
+        return peak_cpu_bytes(lambda: torch.autograd.grad(vocab_parallel_logprobs(x, y, None, **kw), x, grad))
 
     assert peak(chunk_size=chunk) <= rows * v * esize + chunk * v * 4 + small
     assert peak(chunk_size=chunk, overwrite_logits=True) <= chunk * v * 4 + small
