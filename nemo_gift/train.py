@@ -117,10 +117,13 @@ def build_dataset_task(cfg: RunConfig) -> Task:
     if cfg.reward.kind == "reward_model":
         from nemo_gift.rewards import RewardModelConfig, RewardModelScorer
 
-        scorer = RewardModelScorer(RewardModelConfig(
-            path=cfg.reward.reward_model_path, length_normalize=cfg.reward.length_normalize,
-            batch_size=cfg.reward.batch_size, device=cfg.reward.device,
-        ))
+        scorer = RewardModelScorer.from_config(
+            RewardModelConfig(
+                model_path=cfg.reward.reward_model_path, length_normalize=cfg.reward.length_normalize,
+                batch_size=cfg.reward.batch_size, device=cfg.reward.device,
+            ),
+            trust_remote_code=cfg.init.trust_remote_code,
+        )
 
         def score(records, texts):
             out = scorer.score([r.prompt for r in records], texts)
@@ -142,7 +145,7 @@ def build_dataset_task(cfg: RunConfig) -> Task:
     stop = tuple(t for t in {tok.eos_token_id, getattr(tok, "pad_token_id", None)} if t is not None)
     return Task(
         train_records=train, eval_records=heldout, train_eval_records=train[: cfg.data.eval_size],
-        encode=lambda r: tok.encode(render_prompt(r, tok, template), add_special_tokens=False),
+        encode=lambda r: tok.encode(render_prompt(r, template, tok), add_special_tokens=False),
         decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         stop_token_ids=stop, score=score,
