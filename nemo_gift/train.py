@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def init_distributed(backend: str) -> tuple[int, int]:
     env.setdefault("MASTER_PORT", "29500")
     if backend == "nccl":
         torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
-    else:  # CPU ranks of one node share its cores
+    elif "OMP_NUM_THREADS" not in env:  # CPU ranks of one node share its cores
         local = int(env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or env["WORLD_SIZE"])
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     dist.init_process_group(backend, rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]))
@@ -75,13 +76,15 @@ def build_task(cfg: RunConfig) -> Task:
     task = ArithmeticTask(ArithmeticConfig(
         min_digits=a.min_digits, max_digits=a.max_digits, operators=tuple(Operator(o) for o in a.operators),
         reverse_answer=a.reverse_answer, heldout_fraction=a.heldout_fraction,
+        teacher_carry_drop=a.teacher_carry_drop,
     ))
     tok = task.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
     n_train = max(4096, cfg.trainer.prompts_per_step * 64)
-    train = task.records(Split.TRAIN, n_train, seed=cfg.seed)
-    heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=cfg.seed + 1)
+    data_seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
+    train = task.records(Split.TRAIN, n_train, seed=data_seed)
+    heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
     train_eval = train[: cfg.data.eval_size]
     verifier = get_verifier(cfg.reward.verifier or DEFAULT_VERIFIER["arithmetic"])
 
@@ -89,11 +92,12 @@ def build_task(cfg: RunConfig) -> Task:
         results = verifier.verify_batch(texts, [r.ground_truth for r in records])
         return torch.tensor([r.reward for r in results], dtype=torch.float32), [r.reason.value for r in results]
 
-    sft_rng_seed = cfg.seed + 2
+    sft_rng_seed = init_seed(cfg) + 2
 
     def sft_examples(step: int):
         problems = task.problems(Split.TRAIN, cfg.sft.batch_size, seed=sft_rng_seed * 1_000_003 + step)
-        return [task.sft_example(p) for p in problems]
+        teacher = random.Random(sft_rng_seed * 7_000_003 + step)
+        return [task.sft_example(p, teacher) for p in problems]
 
     return Task(
         train_records=train, eval_records=heldout, train_eval_records=train_eval,
@@ -152,10 +156,15 @@ def build_dataset_task(cfg: RunConfig) -> Task:
     )
 
 
+def init_seed(cfg: RunConfig) -> int:
+    """The seed of the model's initialization and warm start (``sft.seed``, else ``seed``)."""
+    return cfg.seed if cfg.sft.seed is None else cfg.sft.seed
+
+
 def _sft_cache_key(cfg: RunConfig) -> str:
     blob = json.dumps(
         {"model": to_dict(cfg.model), "parallel": to_dict(cfg.parallel), "task": to_dict(cfg.data.arithmetic),
-         "sft": {k: v for k, v in to_dict(cfg.sft).items() if k != "cache_dir"}, "seed": cfg.seed,
+         "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")}, "seed": init_seed(cfg),
          "world": dist.get_world_size()},
         sort_keys=True,
     )
@@ -199,7 +208,7 @@ def run(cfg: RunConfig) -> list[dict]:
     from nemo_gift.utils.progress import Progress
 
     rank, world = init_distributed(os.environ.get("NEMO_GIFT_DIST_BACKEND", cfg.cluster.backend))
-    parallel.initialize(cfg.parallel, seed=cfg.seed)
+    parallel.initialize(cfg.parallel, seed=init_seed(cfg))
     run_dir = Path(cfg.run_dir)
     task = build_task(cfg)
     t = cfg.trainer

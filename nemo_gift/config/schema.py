@@ -62,6 +62,8 @@ class ArithmeticTaskConfig:
     operators: list[Literal["+", "-", "*"]] = dataclasses.field(default_factory=lambda: ["+"])
     reverse_answer: bool = False
     heldout_fraction: float = 0.05
+    teacher_carry_drop: float = 0.0
+    """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
 
 
 @dataclasses.dataclass
@@ -75,6 +77,9 @@ class DataConfig:
     eval_path: str | None = None
     """Held-out prompts (not needed for ``arithmetic``: its held-out split is generated)."""
     eval_size: int = 256
+    seed: int | None = None
+    """Seed of the synthetic task's training pool and held-out set; None: the run's ``seed``
+    (an experiment fixes it so that every run is scored on the same held-out prompts)."""
     """Held-out prompts scored at each evaluation."""
     template: Literal["plain", "chat"] = "plain"
     """``chat`` applies the tokenizer's chat template; ``plain`` uses the prompt text as is."""
@@ -143,6 +148,9 @@ class SftConfig:
     cache_dir: str | None = None
     """If set, the warm-started weights are cached there and reused by runs with the same model,
     task and SFT settings (the experiment's runs share one warm start)."""
+    seed: int | None = None
+    """Seed of the model's initialization and of the warm start's examples; None: the run's
+    ``seed``. Runs that differ only in ``seed`` but share this one share one warm start."""
 
 
 @dataclasses.dataclass

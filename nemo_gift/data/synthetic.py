@@ -7,20 +7,24 @@ plain template (the prompt string is used verbatim)::
     tokens  <bos> 4 8 + 3 7 9 =  4 2 7 <eos>
             '---- prompt ----'   '-- response --'
 
-Why these defaults (1-3 digit operands, ``+`` only, answer most-significant digit
-first) should give a tiny GPT (2-4 layers, width 64-128, a few thousand SFT
-steps) partial pass@1, around 30-50%, so that RL has signal:
+The class defaults (1-3 digit operands, ``+`` only, answer most-significant digit
+first) give a tiny GPT (2 layers, width 128) partial pass@1 after a supervised warm start:
+the hard part is the carry, which the model must work out before it writes the first
+digit. But a model that imitates correct demonstrations has little left for RL to find:
+measured with the tiny recipe, 1000 RL steps after an 800-step warm start left held-out
+greedy pass@1 flat at 0.23-0.28, while sampled rewards rose a little.
 
-- Operand lengths are drawn uniformly from 1..3 digits, so a third of the operands
-  are single digits: short problems the model gets right early.
-- The hard part is the carry: written most-significant digit first, the first
-  answer digit depends on carries from every column to its right, which the
-  model must work out before it emits anything. A small model learns the
-  no-carry and one-carry cases first and keeps failing on carry chains.
-- Knobs: ``reverse_answer=True`` (least-significant digit first) makes carries
-  local and the task nearly solved by SFT; ``max_digits`` 4-5, ``Operator.SUB``
-  or ``Operator.MUL`` make it harder. This calibration is an estimate: the
-  trainer's CPU benchmark measures it.
+The CPU recipes (``conf/task/arithmetic.yaml``) therefore use 1-2 digit operands, which
+the model learns well, and a flawed teacher: ``teacher_carry_drop`` is the share of the
+warm start's demonstrations of a sum whose carries are dropped (``58+67`` -> ``15``). The
+warm-started model then answers most carry problems without the carry, but samples the
+carried answer often enough for the exact verifier to reward it: RL has to discover that the
+teacher was wrong, the regime in which RL from verifiable rewards improves on imitation.
+Measured (gift_tiny): held-out greedy pass@1 0.48 after the warm start, 0.83 after 150
+GIFT steps.
+
+Other knobs: ``reverse_answer=True`` (least-significant digit first) makes carries local;
+``max_digits`` 4-5, ``Operator.SUB`` or ``Operator.MUL`` make the task harder.
 
 Splits: each problem belongs to TRAIN or HELDOUT by a hash of its canonical form
 (commutative operands sorted), independent of any seed, so the two never overlap
@@ -140,6 +144,9 @@ class ArithmeticConfig:
     """Share of the problem space that is held out."""
     split_salt: str = "nemo_gift.arith.v1"
     """Changing it reshuffles which problems are held out."""
+    teacher_carry_drop: float = 0.0
+    """Share of the supervised (SFT) demonstrations of ``+`` written by a flawed teacher that
+    drops every carry (``58+67`` -> ``15``, digit-wise sums mod 10). RL rewards stay exact."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 18:
@@ -149,6 +156,10 @@ class ArithmeticConfig:
         object.__setattr__(self, "operators", tuple(Operator(o) for o in self.operators))
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.teacher_carry_drop <= 1.0:
+            raise ValueError(f"teacher_carry_drop must be in [0, 1], got {self.teacher_carry_drop}")
+        if self.teacher_carry_drop > 0 and Operator.ADD not in self.operators:
+            raise ValueError("teacher_carry_drop > 0 needs the '+' operator: it only changes sums")
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,21 @@ class ArithmeticProblem:
     def target(self, reverse: bool = False) -> str:
         """The response the model should write (before EOS)."""
         return format_answer(self.answer, reverse)
+
+    @property
+    def carryless_answer(self) -> int:
+        """The sum with every carry dropped: each digit is ``(a_i + b_i) mod 10`` (``+`` only)."""
+        if self.op is not Operator.ADD:
+            raise ValueError(f"carryless_answer is defined for '+', not {self.op.value!r}")
+        a, b, out, place = self.a, self.b, 0, 1
+        while a or b:
+            out += ((a % 10 + b % 10) % 10) * place
+            a, b, place = a // 10, b // 10, place * 10
+        return out
+
+    @property
+    def has_carry(self) -> bool:
+        return self.op is Operator.ADD and self.carryless_answer != self.answer
 
     def canonical(self) -> str:
         a, b = self.a, self.b
@@ -257,10 +283,18 @@ class ArithmeticTask:
     def records(self, split: Split | str, n: int, seed: int) -> list[PromptRecord]:
         return [self.record(p, split) for p in self.problems(split, n, seed)]
 
-    def sft_example(self, problem: ArithmeticProblem) -> tuple[list[int], list[int]]:
-        """``(ids, loss_mask)`` for supervised warm start, both [T]: loss on the answer and EOS only."""
+    def sft_example(
+        self, problem: ArithmeticProblem, rng: random.Random | None = None
+    ) -> tuple[list[int], list[int]]:
+        """``(ids, loss_mask)`` for supervised warm start, both [T]: loss on the answer and EOS only.
+
+        With ``teacher_carry_drop`` > 0 and an ``rng``, a sum's demonstration is the carry-less
+        answer with that probability (one ``rng`` draw per ``+`` problem)."""
         prompt = self.tokenizer.encode(problem.prompt, add_special_tokens=True)
         target = problem.target(self.config.reverse_answer)
+        drop = self.config.teacher_carry_drop
+        if drop > 0 and rng is not None and problem.op is Operator.ADD and rng.random() < drop:
+            target = format_answer(problem.carryless_answer, self.config.reverse_answer)
         answer = self.tokenizer.encode(target, add_special_tokens=False, add_eos=True)
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 

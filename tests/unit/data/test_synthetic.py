@@ -114,3 +114,44 @@ def test_format_answer():
     assert format_answer(120) == "120"
     assert format_answer(120, reverse=True) == "021"
     assert format_answer(-25, reverse=True) == "-52"
+
+
+@pytest.mark.parametrize(
+    "a, b, carryless, carry",
+    [(58, 67, 15, True), (9, 991, 990, True), (12, 34, 46, False), (0, 0, 0, False), (5, 5, 0, True), (99, 1, 90, True)],
+)
+def test_carryless_answer_is_digitwise_mod_10(a, b, carryless, carry):
+    p = ArithmeticProblem(a, Operator.ADD, b)
+    assert p.carryless_answer == carryless and p.has_carry is carry
+    with pytest.raises(ValueError, match="defined for '\\+'"):
+        ArithmeticProblem(a, Operator.SUB, b).carryless_answer
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_flawed_teacher_drops_carries_at_its_rate(reverse):
+    task = ArithmeticTask(ArithmeticConfig(max_digits=2, heldout_fraction=0.1, teacher_carry_drop=0.6,
+                                           reverse_answer=reverse))
+    tok, rng = task.tokenizer, random.Random(0)
+    problems = [p for p in task.problems("train", 4000, seed=3) if p.has_carry]
+    dropped = 0
+    for p in problems:
+        ids, mask = task.sft_example(p, rng)
+        response = tok.decode([i for i, m in zip(ids, mask) if m])
+        assert response in (p.target(reverse), format_answer(p.carryless_answer, reverse))
+        dropped += response != p.target(reverse)
+    # Binomial(n, 0.6): 4 standard deviations either side.
+    n = len(problems)
+    assert abs(dropped - 0.6 * n) < 4 * (n * 0.6 * 0.4) ** 0.5
+    # No rng, or a problem without carries: the demonstration is exact.
+    p = next(q for q in problems)
+    assert tok.decode([i for i, m in zip(*task.sft_example(p)) if m]) == p.target(reverse)
+    plain = ArithmeticProblem(12, Operator.ADD, 34)
+    assert all(tok.decode([i for i, m in zip(*task.sft_example(plain, rng)) if m]) == "46"[:: -1 if reverse else 1]
+               for _ in range(20))
+
+
+@pytest.mark.parametrize("bad", [{"teacher_carry_drop": -0.1}, {"teacher_carry_drop": 1.5},
+                                 {"teacher_carry_drop": 0.5, "operators": (Operator.SUB,)}])
+def test_flawed_teacher_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match="teacher_carry_drop"):
+        ArithmeticConfig(**bad)
