@@ -147,24 +147,25 @@ class GiftLossConfig:
     False lets gradients flow through mean and std too."""
 
     std_guard: StdGuard = StdGuard.STD_FLOOR
-    """Guard for a degenerate implicit std (the paper has none). PROVISIONAL default std_floor:
-    continuous, and exactly the raw formula once std >= std_guard_value. The CPU benchmark
-    experiment (a later issue) will confirm or change it. `none` reproduces the raw formula."""
+    """Guard for a degenerate implicit std (the paper has none). Default std_floor: continuous,
+    exactly the raw formula once std >= std_guard_value, and never worse than the others in the
+    CPU experiment (docs/results.md; docs/gift-math.md section 5). `none` is the raw formula."""
 
     std_guard_value: float = 1e-2
     """The floor (std_floor) or the threshold (center_only) on the implicit std, in nats of s.
     A group counts as degenerate in the metrics when std < this value (also under `none`).
-    Provisional, like std_guard. Must be > 0."""
+    Must be > 0."""
 
     drop_zero_std_groups: bool = False
     """Groups whose explicit rewards are all equal get A = 0 (their pairs still pull z to 0,
     loss beta^2 z^2) and are counted in the metrics. True removes their pairs from the loss
     and from the local pair count (a global `num_pairs` must then count kept pairs only)."""
 
-    implicit_baseline: ImplicitBaseline = ImplicitBaseline.REFERENCE
-    """Which log-probs the trainer passes as the baseline: `reference` (pi_ref, the paper's
-    Eq. 6) or `old_policy` (pi_old at rollout time, the author's verl PR). The loss itself
-    only sees the tensor; the trainer reads this field."""
+    implicit_baseline: ImplicitBaseline = ImplicitBaseline.OLD_POLICY
+    """Which log-probs the trainer passes as the baseline: `old_policy` (pi_old at rollout time,
+    the author's verl PR; the default, from the CPU experiment: docs/gift-math.md section 2) or
+    `reference` (pi_ref, the paper's Eq. 6). The loss itself only sees the tensor; the trainer
+    reads this field."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

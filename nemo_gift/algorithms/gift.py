@@ -5,8 +5,9 @@ Each rollout step (docs/gift-math.md for the symbols):
 2. generate G responses each with the rollout engine; each data-parallel (DP) rank generates
    for its B/D prompts, and the responses are gathered so that every rank holds the batch;
 3. score them (explicit rewards r);
-4. compute the baseline log-probs with the distributed reduction: pi_ref (GIFT's default,
-   the paper) or pi_old (the author's code) for GIFT; pi_old and pi_ref for GRPO;
+4. compute the baseline log-probs with the distributed reduction: pi_old (GIFT's default, the
+   author's code and the CPU experiment's evidence) or pi_ref (the paper) for GIFT; pi_old and
+   pi_ref for GRPO;
 5. run B / mini-batch optimizer steps, each on whole groups, with GIFT's or GRPO's objective
    normalized over the mini-batch (so micro-batching and layout cannot change it);
 6. refit the rollout engine with the new weights.

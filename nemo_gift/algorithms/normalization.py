@@ -265,8 +265,8 @@ def zscore_from_moments(
       sigma >= v; continuous; gradient factor at most 1/(v + eps).
     - ``center_only``: z = x - mu where sigma < v (normalization skipped), else the raw formula.
 
-    The default ``std_floor`` is provisional: the CPU benchmark experiment (a later issue)
-    confirms or changes it. A group is flagged ``degenerate`` when sigma < v, for every guard.
+    The default is ``std_floor`` (docs/gift-math.md section 5 gives the CPU experiment's
+    evidence). A group is flagged ``degenerate`` when sigma < v, for every guard.
 
     With ``detach_stats`` (default) mu and sigma are constants for autograd, and
     dL/dx_i = dL/dz_i / (sigma_k + eps) (raw formula). Otherwise gradients flow through them;

@@ -21,7 +21,7 @@ def test_gift_defaults_follow_the_spec():
     assert cfg.beta == 1.0 and cfg.eps == 1e-6 and cfg.unbiased_std is True
     assert cfg.implicit_reward is ImplicitRewardMode.KL_SUM and cfg.length_exponent is None
     assert cfg.detach_implicit_stats is True and cfg.drop_zero_std_groups is False
-    assert cfg.implicit_baseline is ImplicitBaseline.REFERENCE
+    assert cfg.implicit_baseline is ImplicitBaseline.OLD_POLICY  # the CPU experiment's evidence
     assert cfg.std_guard is StdGuard.STD_FLOOR and cfg.std_guard_value == 1e-2
     assert cfg.effective_length_exponent == 0.0
 
