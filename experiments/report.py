@@ -626,24 +626,19 @@ class Experiment:
                     f"({cmp.noise_text(1)}). A seed that never reached the target counts as its run's length, "
                     "which flatters the slower arm."
                 )
-        head = "**Less overfitting** (GIFT's final train-minus-eval pass@1 gap is smaller than GRPO's)"
-        why = missing("gift", "grpo")
-        if why:
-            out.append(f"{head}: {why}.")
-        else:
-            a, b = s[c["gift"]], s[c["grpo"]]
-            cmp = compare(a.gap, b.gap)
-            out.append(f"{head}: {verdict(cmp, 'lower')}. Gap GIFT {a.gap.fmt()}, GRPO {b.gap.fmt()}; "
-                       f"difference {cmp.diff:+.3f} ({cmp.noise_text()}).")
-        head = "**kl_sum beats kl_average** (higher final eval pass@1)"
-        why = missing("kl_sum", "kl_average")
-        if why:
-            out.append(f"{head}: {why}.")
-        else:
-            a, b = s[c["kl_sum"]], s[c["kl_average"]]
-            cmp = compare(a.final, b.final)
-            out.append(f"{head}: {verdict(cmp, 'higher')}. Final eval pass@1 kl_sum {a.final.fmt()}, "
-                       f"kl_average {b.final.fmt()}; difference {cmp.diff:+.3f} ({cmp.noise_text()}).")
+        def simple(head: str, roles: tuple[str, str], names: tuple[str, str], what: str, field: str, better: str):
+            why = missing(*roles)
+            if why:
+                return f"{head}: {why}."
+            a, b = (getattr(s[c[r]], field) for r in roles)
+            cmp = compare(a, b)
+            return (f"{head}: {verdict(cmp, better)}. {what} {names[0]} {a.fmt()}, {names[1]} {b.fmt()}; "
+                    f"difference {cmp.diff:+.3f} ({cmp.noise_text()}).")
+
+        out.append(simple("**Less overfitting** (GIFT's final train-minus-eval pass@1 gap is smaller than GRPO's)",
+                          ("gift", "grpo"), ("GIFT", "GRPO"), "Gap", "gap", "lower"))
+        out.append(simple("**kl_sum beats kl_average** (higher final eval pass@1)", ("kl_sum", "kl_average"),
+                          ("kl_sum", "kl_average"), "Final eval pass@1", "final", "higher"))
         return out
 
     def defaults_evidence(self) -> list[str]:
