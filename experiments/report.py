@@ -529,7 +529,8 @@ def format_setting(setting: str, config: Mapping) -> str:
     return setting.format_map(_Dotted(config))
 
 
-def _read_config(run_dir: Path) -> dict | None:
+def saved_config(run_dir: Path) -> dict | None:
+    """The config.yaml the launcher wrote into ``run_dir`` (None before it ran)."""
     import yaml
 
     path = run_dir / "config.yaml"
@@ -796,7 +797,7 @@ def load_experiment(out: str | Path, spec: Spec | None = None) -> Experiment:
         for seed in spec.seeds:
             run_dir = out / "runs" / arm.name / f"seed_{seed}"
             if run_complete(run_dir, spec.max_steps):
-                runs[arm.name].append(SeedRun(seed, read_metrics(run_dir), _read_config(run_dir)))
+                runs[arm.name].append(SeedRun(seed, read_metrics(run_dir), saved_config(run_dir)))
             else:
                 incomplete[arm.name].append(seed)
     return Experiment(out, spec, runs, incomplete, manifest)

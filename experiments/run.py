@@ -49,6 +49,8 @@ class RunPlan:
     run_dir: Path
     overrides: list[str]
     config: dict
+    warm_start_key: str | None = None
+    """nemo_gift.train.sft_cache_key of the run; None when it has no cached warm start."""
 
     @property
     def key(self) -> str:
@@ -62,12 +64,16 @@ class RunPlan:
         return [sys.executable, str(LAUNCHER), f"conf={self.arm.conf}", *self.overrides]
 
 
-def compose(conf: str, overrides: list[str]) -> dict:
-    """The validated config as a plain dict; raises ConfigError naming the key."""
+def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None]:
+    """The validated config as a plain dict, and its warm start's cache key (None without one);
+    raises ConfigError naming the key."""
     from nemo_gift.config.convert import to_dict
     from nemo_gift.launcher.main import load
+    from nemo_gift.train import sft_cache_key
 
-    return to_dict(load(conf, overrides))
+    cfg = load(conf, overrides)
+    key = sft_cache_key(cfg, cfg.cluster.world_size) if cfg.sft.steps and cfg.sft.cache_dir else None
+    return to_dict(cfg), key
 
 
 def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunPlan]:
@@ -82,10 +88,10 @@ def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunP
             run_dir = out / "runs" / arm.name / f"seed_{seed}"
             overrides = [*spec.run_overrides(arm, seed), f"sft.cache_dir={cache}", f"run_dir={run_dir}", *QUIET]
             try:
-                config = compose(arm.conf, overrides)
+                config, key = compose(arm.conf, overrides)
             except ConfigError as err:
                 raise SpecError(f"arm {arm.name!r} (conf={arm.conf}, seed={seed}): {err}") from err
-            plans.append(RunPlan(arm, seed, run_dir, overrides, config))
+            plans.append(RunPlan(arm, seed, run_dir, overrides, config, key))
     _check_plans(spec, plans)
     return plans
 
@@ -111,12 +117,9 @@ def _check_plans(spec: Spec, plans: list[RunPlan]) -> None:
 
 def _saved_config_matches(plan: RunPlan) -> bool:
     """Whether the run in plan.run_dir was made with this config (its paths aside)."""
-    import yaml
-
-    path = plan.run_dir / "config.yaml"
-    if not path.is_file():
+    saved = report.saved_config(plan.run_dir)
+    if saved is None:
         return True
-    saved = yaml.safe_load(path.read_text())
     def strip(config: dict) -> dict:
         return {**config, "run_dir": None, "sft": {**config.get("sft", {}), "cache_dir": None}}
 
@@ -142,22 +145,12 @@ def _launch(cmd: list[str], log: Path, env: dict) -> tuple[int, float]:
     return rc, time.monotonic() - start
 
 
-def warm_start_identity(config: dict) -> str:
-    """What the supervised warm start depends on (a superset of nemo_gift.train's SFT cache key):
-    runs with the same identity share one entry of the SFT cache."""
-    sft = {k: v for k, v in config["sft"].items() if k not in ("cache_dir", "seed")}
-    seed = config["seed"] if config["sft"].get("seed") is None else config["sft"]["seed"]  # train.init_seed
-    keep = {"model": config["model"], "parallel": config["parallel"], "data": config["data"], "sft": sft,
-            "seed": seed, "world": config["cluster"].get("world_size")}
-    return json.dumps(keep, sort_keys=True, default=str)
-
-
 def warm_start(spec: Spec, plans: list[RunPlan], out: Path) -> list[dict]:
     """One 1-step run per distinct warm start that a pending run needs, sequentially, all cores."""
     firsts: dict[str, RunPlan] = {}
     for p in plans:
-        if p.config["sft"]["steps"] and p.config["sft"]["cache_dir"]:
-            firsts.setdefault(warm_start_identity(p.config), p)
+        if p.warm_start_key is not None:
+            firsts.setdefault(p.warm_start_key, p)
     records = []
     for p in firsts.values():
         run_dir = out / "warm_start" / f"{p.arm.name}_seed_{p.seed}"

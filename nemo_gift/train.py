@@ -67,17 +67,12 @@ class Task:
 
 def build_task(cfg: RunConfig) -> Task:
     """The synthetic arithmetic task (CPU); real datasets need an hf tokenizer (see docs)."""
-    from nemo_gift.data.synthetic import ArithmeticConfig, ArithmeticTask, Operator, Split
+    from nemo_gift.data.synthetic import ArithmeticConfig, ArithmeticTask, Split
     from nemo_gift.rewards import get_verifier
 
     if cfg.data.dataset != "arithmetic":
         return build_dataset_task(cfg)
-    a = cfg.data.arithmetic
-    task = ArithmeticTask(ArithmeticConfig(
-        min_digits=a.min_digits, max_digits=a.max_digits, operators=tuple(Operator(o) for o in a.operators),
-        reverse_answer=a.reverse_answer, heldout_fraction=a.heldout_fraction,
-        teacher_carry_drop=a.teacher_carry_drop,
-    ))
+    task = ArithmeticTask(ArithmeticConfig(**dataclasses.asdict(cfg.data.arithmetic)))  # same field names
     tok = task.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
@@ -161,11 +156,13 @@ def init_seed(cfg: RunConfig) -> int:
     return cfg.seed if cfg.sft.seed is None else cfg.sft.seed
 
 
-def _sft_cache_key(cfg: RunConfig) -> str:
+def sft_cache_key(cfg: RunConfig, world_size: int) -> str:
+    """The entry of ``sft.cache_dir`` that this run's warm start reads or writes: runs with the
+    same key share one warm start (experiments/run.py warms each key once before its runs)."""
     blob = json.dumps(
         {"model": to_dict(cfg.model), "parallel": to_dict(cfg.parallel), "task": to_dict(cfg.data.arithmetic),
          "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")}, "seed": init_seed(cfg),
-         "world": dist.get_world_size()},
+         "world": world_size},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -179,7 +176,7 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
 
     if cfg.sft.steps == 0:
         return
-    cache = Path(cfg.sft.cache_dir) / _sft_cache_key(cfg) if cfg.sft.cache_dir else None
+    cache = Path(cfg.sft.cache_dir) / sft_cache_key(cfg, dist.get_world_size()) if cfg.sft.cache_dir else None
     if cache is not None and checkpoint.latest_checkpoint(cache) is not None:
         checkpoint.load_checkpoint(checkpoint.latest_checkpoint(cache), policy.model)
         return

@@ -55,7 +55,7 @@ class TokenizerConfig:
 
 @dataclasses.dataclass
 class ArithmeticTaskConfig:
-    """The synthetic CPU task (nemo_gift.data.synthetic.ArithmeticConfig)."""
+    """The synthetic CPU task: the fields of nemo_gift.data.synthetic.ArithmeticConfig, by name."""
 
     min_digits: int = 1
     max_digits: int = 3
@@ -77,10 +77,10 @@ class DataConfig:
     eval_path: str | None = None
     """Held-out prompts (not needed for ``arithmetic``: its held-out split is generated)."""
     eval_size: int = 256
+    """Held-out prompts scored at each evaluation."""
     seed: int | None = None
     """Seed of the synthetic task's training pool and held-out set; None: the run's ``seed``
     (an experiment fixes it so that every run is scored on the same held-out prompts)."""
-    """Held-out prompts scored at each evaluation."""
     template: Literal["plain", "chat"] = "plain"
     """``chat`` applies the tokenizer's chat template; ``plain`` uses the prompt text as is."""
     max_prompt_length: int = 1024
