@@ -31,18 +31,18 @@ class RayGPUWorker:
                                "call wakeup() first")
 
     def sleep(self, sleep_tags):
-        if not self.enable_sleep:
-            raise ValueError("Sleep feature is not enabled, please set enable_sleep=True in the LLM arguments.")
-        tags = verify_sleep_wakeup_tags(sleep_tags)
-        self.asleep = True
-        trtllm_double_log.record("sleep", device=get_device_uuid(self.device_id), tags=[t.value for t in tags])
+        self._memory("sleep", sleep_tags, asleep=True)
 
     def wakeup(self, wakeup_tags):
+        self._memory("wakeup", wakeup_tags, asleep=False)
+
+    def _memory(self, what: str, tags, asleep: bool) -> None:
+        """Release (sleep) or materialize (wakeup) the tagged memory."""
         if not self.enable_sleep:
             raise ValueError("Sleep feature is not enabled, please set enable_sleep=True in the LLM arguments.")
-        tags = verify_sleep_wakeup_tags(wakeup_tags)
-        self.asleep = False
-        trtllm_double_log.record("wakeup", device=get_device_uuid(self.device_id), tags=[t.value for t in tags])
+        tags = verify_sleep_wakeup_tags(tags)
+        self.asleep = asleep
+        trtllm_double_log.record(what, device=get_device_uuid(self.device_id), tags=[t.value for t in tags])
 
 
 def inject_worker_extension(worker_class, extension_cls_name):
