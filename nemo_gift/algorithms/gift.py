@@ -212,6 +212,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
     for reason in sorted(set(reasons)):
         metrics[f"reward/{reason}_frac"] = reasons.count(reason) / n
     metrics.update(update(parts, cfg, batch, rewards))
+    parts.engine.wake()
     if parts.refit is not None:
         with _timer(metrics, "time/refit"):
             parts.refit()
