@@ -99,7 +99,7 @@ def _train_prompts(run):
 
 
 def _check_ownership(log, owners, devices, world):
-    assert sorted(log) == list(range(world)) or set(log) <= set(range(world))
+    assert set(log) <= set(range(world))
     for rank in range(world):
         events = [e["event"] for e in log.get(rank, [])]
         if rank in owners:
@@ -130,7 +130,8 @@ def _check_ranks_agree(out, owners, steps):
     assert all(h == histories[0] for h in histories), "the ranks did not train on the same batch"
     assert [[r["step"] for r in h] for h in histories[0]] == steps
     for rank, o in enumerate(out):
-        assert o["env_after"] == {"SLURM_JOB_ID": "4242", "TLLM_DISABLE_MPI": "1"} or rank not in owners
+        # the launcher's environment is back after the owner built its LLM; MPI stays off there
+        assert o["env_after"] == {"SLURM_JOB_ID": "4242", "TLLM_DISABLE_MPI": "1" if rank in owners else None}
         assert o["imported"] == (rank in owners)
 
 
