@@ -17,7 +17,9 @@ which the Makefile and CI use.
 - transformers / datasets / numpy: TensorRT-LLM 1.2.1 pins ``transformers==4.57.1``,
   ``datasets==3.1.0`` and ``numpy<2`` in the same environment, so the ranges admit those, and
   the CPU lock uses the current releases (transformers 5.x).
-- ``gpu`` extra: TensorRT-LLM is not installable from PyPI (the ``tensorrt-llm`` package there
+- ``gpu`` extra: ``ray`` is there because the rollout engine runs TensorRT-LLM with its Ray
+  orchestrator (the RL weight-update and sleep/wake path, as verl does), and TensorRT-LLM does
+  not depend on Ray itself. TensorRT-LLM is not installable from PyPI (the ``tensorrt-llm`` package there
   is a stub that downloads from NVIDIA's index at build time). Install it with
   ``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``, as containers/Dockerfile does.
 - ``aligner`` extra: nemo-aligner 0.7.0 (its last release) imports ``nemo.collections.nlp``,
@@ -46,7 +48,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
-    "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1"],
+    "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1", "ray>=2.48,<3"],
     "aligner": ["nemo-toolkit==2.4.1", "nemo-aligner==0.7.0"],
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -257,10 +258,12 @@ def run(cfg: RunConfig) -> list[dict]:
         engine = TorchGenerationEngine(policy.module, cfg.model, seed=cfg.seed, pad_token_id=task.pad_token_id)
         refit = None  # generates with the policy's own module
     else:
-        from nemo_gift.models.generation.trtllm_engine import TrtllmGenerationEngine
+        from nemo_gift.models.generation.trtllm_engine import TrtllmGenerationEngine, wake_and_refit
+        from nemo_gift.models.generation.trtllm_runtime import replica_group
 
-        engine = TrtllmGenerationEngine.from_config(cfg, tokenizer_dir=cfg.tokenizer.path or cfg.init.hf_checkpoint)
-        refit = lambda: engine.refit(policy.hf_weights())  # noqa: E731
+        engine = TrtllmGenerationEngine.from_config(cfg, tokenizer_dir=cfg.tokenizer.path or cfg.init.hf_checkpoint,
+                                                    pad_token_id=task.pad_token_id, replica=replica_group())
+        refit = functools.partial(wake_and_refit, engine, policy.hf_weights)
 
     r = cfg.rollout
     stop = task.stop_token_ids
@@ -287,6 +290,8 @@ def run(cfg: RunConfig) -> list[dict]:
     finally:
         progress.close()
         logger.close()
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
     if rank == 0 and cfg.logging.plots:
         from nemo_gift.utils.plots import plot_runs
 

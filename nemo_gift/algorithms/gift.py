@@ -8,9 +8,11 @@ Each rollout step (docs/gift-math.md for the symbols):
 4. compute the baseline log-probs with the distributed reduction: pi_old (GIFT's default, the
    author's code and the CPU experiment's evidence) or pi_ref (the paper) for GIFT; pi_old and
    pi_ref for GRPO;
-5. run B / mini-batch optimizer steps, each on whole groups, with GIFT's or GRPO's objective
-   normalized over the mini-batch (so micro-batching and layout cannot change it);
-6. refit the rollout engine with the new weights.
+5. put the rollout engine to sleep, then run B / mini-batch optimizer steps, each on whole
+   groups, with GIFT's or GRPO's objective normalized over the mini-batch (so micro-batching and
+   layout cannot change it);
+6. wake the rollout engine and refit it with the new weights (``LoopParts.refit``), as also
+   happens once before the first rollout of a run (after the warm start or a resume).
 Every ``eval_every`` steps (and at the start and the end) greedy pass@1 is measured on the
 held-out prompts and on as many training prompts, so the train/eval gap is visible.
 
@@ -200,6 +202,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
         prompt_ids, responses, logprobs, rewards, reasons = generate_and_score(
             parts, records, cfg.group_size, sampling
         )
+    parts.engine.sleep()  # its memory goes to training until the refit below wakes it
     n = len(responses)
     index = [i // cfg.group_size for i in range(n)]
     batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs)
@@ -209,6 +212,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
     for reason in sorted(set(reasons)):
         metrics[f"reward/{reason}_frac"] = reasons.count(reason) / n
     metrics.update(update(parts, cfg, batch, rewards))
+    parts.engine.wake()
     if parts.refit is not None:
         with _timer(metrics, "time/refit"):
             parts.refit()
@@ -229,6 +233,8 @@ def train(parts: LoopParts, cfg: LoopConfig, start_step: int = 0) -> list[dict[s
         parts.log(step, metrics)
         parts.progress(step, metrics)
 
+    if parts.refit is not None:  # the engine holds its load-time weights, not the warm-started or resumed ones
+        parts.refit()
     if start_step == 0 and cfg.eval_every:
         with _timer(m := {}, "time/eval"):
             m.update(evaluate(parts, cfg))

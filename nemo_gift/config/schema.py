@@ -16,7 +16,6 @@ optimizer steps per rollout batch); each mini-batch runs in micro-batches of
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -332,13 +331,11 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"{cfg.model.max_position_embeddings}"
         )
     if r.engine == "trtllm":
-        if not cuda and cfg.cluster.executor == "local":
-            raise ConfigError("rollout.engine=trtllm needs CUDA GPUs; use rollout.engine=torch on CPU")
-        if cfg.cluster.executor == "local" and importlib.util.find_spec("tensorrt_llm") is None:
-            raise ConfigError(
-                "rollout.engine=trtllm needs TensorRT-LLM: pip install -e .[gpu] "
-                "--extra-index-url https://pypi.nvidia.com"
-            )
+        from nemo_gift.models.generation.trtllm_runtime import config_problems
+
+        problems = config_problems(cfg, cuda)
+        if problems:
+            raise ConfigError("; ".join(problems))
     d = cfg.data
     if d.dataset != "arithmetic" and d.train_path is None:
         raise ConfigError(f"data.train_path is required for data.dataset={d.dataset}")

@@ -42,6 +42,8 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from nemo_gift.distributed.parallel import collective_device
+
 __all__ = ["vocab_parallel_logprobs", "broadcast_from_last_stage"]
 
 
@@ -268,6 +270,6 @@ def broadcast_from_last_stage(
             raise ValueError(f"the last stage must pass a tensor of shape {tuple(shape)}")
         buf = tensor.detach().to(dtype).contiguous()
     else:
-        buf = torch.empty(tuple(shape), dtype=dtype)
+        buf = torch.empty(tuple(shape), dtype=dtype, device=collective_device(group))
     dist.broadcast(buf, src=src, group=group)
     return buf

@@ -110,7 +110,9 @@ class GenerationOutput:
     lengths: torch.Tensor
     """``[N]`` int64 number of generated tokens per response (>= 1)."""
     logprobs: torch.Tensor
-    """``[N, T]`` float32 log-probs of the tokens under the sampling distribution; 0 on padding."""
+    """``[N, T]`` float32 log-probs of the tokens under the sampling distribution; 0 on padding.
+    NaN where an engine could not report one (TensorRT-LLM's top-k dict may lack the sampled
+    token): trainers recompute log-probs and never read these."""
     finish_reasons: list[FinishReason]
     """``N`` reasons, one per response."""
     prompt_index: torch.Tensor

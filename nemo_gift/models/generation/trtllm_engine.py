@@ -1,14 +1,24 @@
-"""TensorRT-LLM rollouts (GPU only), refit with the policy's weights after every update.
+"""TensorRT-LLM rollouts (GPU), one engine per data-parallel replica, refit with the policy's
+weights before every rollout.
 
-The one module that imports ``tensorrt_llm``, and only inside :class:`TrtllmGenerationEngine`
+The one module that imports ``tensorrt_llm``, and only on the rank that owns an engine
 (``pip install -e '.[gpu]' --extra-index-url https://pypi.nvidia.com``; the PyPI package is a
 stub that downloads from NVIDIA's index at build time). Written against TensorRT-LLM 1.2.x,
-the version the ``gpu`` extra pins (1.2.1), from its sources and from verl's
-(``verl/workers/rollout/trtllm_rollout``, PR #4665) and NeMo-RL's
-(``nemo_rl/models/generation/trtllm``, PR #2420) integrations.
+the version the ``gpu`` extra pins (1.2.1), from its sources (``llmapi/llm.py``,
+``llmapi/rlhf_utils.py``, ``executor/ray_executor.py``, ``executor/ray_gpu_worker.py``,
+``sampling_params.py``, ``executor/result.py``, ``_torch/pyexecutor/sampler.py``) and from
+verl's (``verl/workers/rollout/trtllm_rollout``) and NeMo-RL's
+(``nemo_rl/models/generation/trtllm``) integrations. Where the engine runs, the owner's
+environment and the refit transport are in :mod:`~nemo_gift.models.generation.trtllm_runtime`.
 
 How it works
 ------------
+- Ownership: construct the engine on every rank of a replica (a model-parallel group,
+  :func:`~nemo_gift.models.generation.trtllm_runtime.replica_group`). Its first rank owns the
+  ``LLM`` (``tensor_parallel_size`` = the group's size, one worker per GPU of the group); every
+  method is collective over the group: ``generate`` runs on the owner and its output is
+  broadcast to the group, ``refit`` gathers every rank's handles to the owner. An error on the
+  owner is re-raised on every rank of the group instead of leaving them waiting.
 - Engine: the LLM API with the PyTorch backend and the Ray orchestrator
   (``LLM(model=hf_dir, backend="pytorch", orchestrator_type="ray",
   ray_worker_extension_cls="tensorrt_llm.llmapi.rlhf_utils.WorkerExtension", enable_sleep=True)``),
@@ -18,44 +28,43 @@ How it works
   explicit ``top_k`` (0 = all tokens); greedy uses ``top_k=1`` and, since the LLM API refuses
   ``n > 1`` with greedy decoding, submits each prompt n times. ``end_id=-1`` turns the
   tokenizer's EOS off: only ``stop_token_ids`` stop, and ``include_stop_str_in_output`` keeps
-  the stop token, as the padding contract requires. ``logprobs=1`` returns the sampled
-  token's log-prob (looked up by token id, which works whether TRT-LLM counts the sampled
-  token among the top-k or adds it). A ``seed=None`` call gets a seed from the engine's own
-  generator: TRT-LLM's default seed is the same constant every call.
-- Refit, through TRT-LLM's RL weight-update path (``tensorrt_llm/llmapi/rlhf_utils.py``
-  ``WorkerExtension.update_weights``, called with ``LLM._collective_rpc``): the HF-named full
-  tensors from ``export_hf_tensors`` are named and cast for TRT-LLM
-  (:func:`refit_tensors`), grouped into buckets of at most ``refit_bucket_bytes``
-  (:func:`bucket_by_bytes`), and each bucket is sent as CUDA IPC handles
-  (``{device_uuid: base64(pickle([(name, handle), ...]))}``, :func:`serialize_ipc_handles`).
-  The first call makes the workers prepare for reloading; each bucket is loaded with partial
-  loading allowed; ``update_weights(None)`` finalizes (post-load processing, prefix cache
-  reset). Colocated training: every rank of ``refit_group`` holds the full tensors on its own
-  GPU (``export_hf_tensors`` yields the same sequence on every model-parallel rank), sends its
-  handles to the group's first rank, which owns the ``LLM`` and calls the RPC; each TRT-LLM
-  worker opens the handles of its own GPU. A barrier after each bucket keeps the tensors alive
-  until the workers have copied them.
-- Sleep and wake: ``sleep``/``wakeup`` worker RPCs with memory tags (release and resume of the
-  weights, KV cache and the executor's other buffers, verl's tag list), so that training can
-  use the GPU memory in between. Order in a step: ``wake()``, ``refit()``, ``generate()``,
-  ``sleep()``.
+  the stop token, as the padding contract requires. A ``seed=None`` call gets a seed from the
+  engine's own generator (TRT-LLM's default seed is the same constant every call), and request
+  ``i`` of a call samples with ``seed + i`` (a shared seed would give every request the same
+  random numbers).
+- Log-probs: ``logprobs=1`` asks for the top-1 token's. The PyTorch backend's sampler
+  (``TorchSampler.handle_logprobs``) returns ``{token_id: Logprob}`` of the top-k tokens of the
+  *raw* (untempered, unfiltered) distribution, which need not hold the sampled token: a
+  missing one is NaN in :class:`GenerationOutput.logprobs` (``last_missing_logprobs`` counts
+  them). So these are not the interface's "log-probs under the sampling distribution" except
+  for greedy decoding; the trainer recomputes pi_old itself and never reads them.
+- Refit, through TRT-LLM's RL weight-update path (``rlhf_utils.WorkerExtension.update_weights``
+  called with ``LLM._collective_rpc``): the HF-named full tensors from ``export_hf_tensors``
+  are named and cast for TRT-LLM (:func:`refit_tensors`), grouped into buckets of at most
+  ``refit_bucket_bytes`` (:func:`bucket_by_bytes`), and each bucket is shared by every rank of
+  the replica from its own device (``{device_key: base64(pickle([(name, handle), ...]))}``,
+  :func:`serialize_ipc_handles`) and gathered to the owner, whose RPC reaches every worker; each
+  worker opens the handles of its own device. The first call makes the workers prepare for
+  reloading; each bucket is loaded with partial loading allowed; ``update_weights(None)``
+  finalizes (post-load processing, prefix-cache reset). The owner's reply to each bucket is
+  broadcast, which keeps the shared tensors alive until the workers have copied them.
+- Sleep and wake: ``sleep``/``wakeup`` worker RPCs with memory tags (weights, KV cache, the
+  executor's other buffers: verl's tag list), so that training can use the GPU memory in
+  between. Order in a rollout step (``nemo_gift.algorithms.gift``): ``generate()``,
+  ``sleep()``, the optimizer steps, ``wake()``, ``refit()``; and a ``refit()`` before the first
+  rollout of a run (after the warm start or a resume).
 
 Executed and not executed
 -------------------------
-Executed (CPU tests, ``tests/unit/generation/test_trtllm_engine.py``): the pure-Python parts,
-:func:`sampling_params_kwargs`, :func:`llm_kwargs`, :func:`config_from_run`, :func:`refit_tensors`,
-:func:`bucket_by_bytes`, :func:`serialize_ipc_handles` (with a stand-in for CUDA IPC),
-:func:`convert_outputs`, and the error raised where TensorRT-LLM is absent.
+Executed on CPU (``tests/unit/generation/test_trtllm_engine.py``, ``test_trtllm_trainer.py``):
+the pure-Python parts, and the whole engine (ownership, collectives, refit, sleep/wake, the
+trainer at TP2 x DP2 and PP2) against the API-faithful double ``tests/doubles/tensorrt_llm``
+with :class:`~nemo_gift.models.generation.trtllm_runtime.CpuTransport`.
 
-NOT executed anywhere yet (no GPU machine with TensorRT-LLM was available): everything that
-imports ``tensorrt_llm``: building the ``LLM`` (also through ``from_config``), ``generate``,
-the IPC refit RPCs, ``sleep``/``wake``, and starting from dummy weights. In particular these facts are unverified on 1.2.1: that the argument
-names above (``orchestrator_type``, ``ray_worker_extension_cls``, ``enable_sleep``,
-``end_id=-1``) are accepted; that ``update_weights`` accepts the serialized handle format;
-that a tied model needs its ``lm_head.weight`` sent (sent anyway; harmless if ignored); which
-distribution TRT-LLM's log-probs are taken under (raw or after temperature/top-k/top-p; the
-torch engine's contract is the latter). ``tests/unit/generation/test_trtllm_engine.py``
-has a ``gpu`` test that checks all of this against the torch engine where it can run.
+NOT executed here (no GPU machine with TensorRT-LLM was available): the real ``tensorrt_llm``,
+Ray, and the CUDA IPC transport. ``scripts/gpu_acceptance.sh`` checks them on a GPU: greedy
+tokens equal to Hugging Face's, a refit to other weights, sleep -> wake -> refit -> generate,
+and two steps of ``gift_tiny`` with this engine.
 """
 
 from __future__ import annotations
@@ -69,12 +78,14 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import torch
 
 from nemo_gift.models.generation.interfaces import GenerationOutput, HFWeights, SamplingConfig
+from nemo_gift.models.generation.trtllm_runtime import RefitTransport, ReplicaGroup, default_transport, owner_env
 from nemo_gift.models.policy.config import ModelConfig
 from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 __all__ = [
     "INSTALL_HINT", "TrtllmConfig", "TrtllmGenerationEngine", "bucket_by_bytes", "config_from_run", "convert_outputs",
     "llm_kwargs", "refit_tensors", "sampling_params_kwargs", "serialize_ipc_handles", "trtllm_available",
+    "wake_and_refit",
 ]
 
 INSTALL_HINT = "pip install -e '.[gpu]' --extra-index-url https://pypi.nvidia.com"
@@ -240,8 +251,8 @@ def serialize_ipc_handles(bucket: Sequence[tuple[str, torch.Tensor]], device_uui
 
 
 def config_from_run(run_cfg, tokenizer_dir: str | None = None) -> TrtllmConfig:
-    """The engine settings of a run config (``nemo_gift.config.schema.RunConfig``): its TP size,
-    dtype, ``model.max_position_embeddings`` and ``rollout.trtllm_gpu_memory_fraction``, the
+    """The engine settings of a run config (``nemo_gift.config.schema.RunConfig``): one engine GPU
+    per rank of a model-parallel group (``tensor_parallel_size`` = TP x PP), its dtype, ``model.max_position_embeddings`` and ``rollout.trtllm_gpu_memory_fraction``, the
     weights of ``init.hf_checkpoint``. Without a checkpoint the engine starts from a
     ``config.json`` written for ``run_cfg.model`` (in a new temporary directory) with dummy
     weights: refit it before the first ``generate``."""
@@ -257,7 +268,8 @@ def config_from_run(run_cfg, tokenizer_dir: str | None = None) -> TrtllmConfig:
             json.dump(model_config_to_hf_config(run_cfg.model, dtype=run_cfg.parallel.params_dtype), f)
     return TrtllmConfig(
         model_dir=model_dir, load_format=load_format, tokenizer_dir=tokenizer_dir,
-        tensor_parallel_size=run_cfg.parallel.tensor_model_parallel_size, dtype=run_cfg.parallel.params_dtype,
+        tensor_parallel_size=run_cfg.parallel.tensor_model_parallel_size * run_cfg.parallel.pipeline_model_parallel_size,
+        dtype=run_cfg.parallel.params_dtype,
         max_seq_len=run_cfg.model.max_position_embeddings,
         kv_cache_free_gpu_memory_fraction=run_cfg.rollout.trtllm_gpu_memory_fraction,
     )
@@ -265,10 +277,11 @@ def config_from_run(run_cfg, tokenizer_dir: str | None = None) -> TrtllmConfig:
 
 def _sampled_logprob(entry: Any, token: int) -> float:
     """The log-prob of ``token`` from one position of ``CompletionOutput.logprobs``: a float,
-    or a ``{token_id: Logprob | float}`` dict."""
+    or a ``{token_id: Logprob | float}`` dict of the top-k tokens, which may lack the sampled
+    one (then NaN: the trainer never reads these)."""
     if isinstance(entry, dict):
         if token not in entry:
-            raise ValueError(f"TRT-LLM returned no log-prob for the sampled token {token}")
+            return float("nan")
         entry = entry[token]
     return float(getattr(entry, "logprob", entry))
 
@@ -315,109 +328,161 @@ def convert_outputs(request_outputs: Sequence[Any], num_prompts: int, n: int, st
 class TrtllmGenerationEngine:
     """The :class:`~nemo_gift.models.generation.interfaces.GenerationBackend` on TensorRT-LLM.
 
-    Construct it on every rank of ``refit_group`` (default: this process alone). The group's
-    first rank owns the ``LLM`` and serves ``generate``; every rank takes part in ``refit``.
+    Construct it on every rank of ``replica`` (default: this process alone); the replica's
+    first rank owns the ``LLM``. Every method is collective over the replica.
 
     Args:
-        cfg: the engine's settings.
+        cfg: the engine's settings; ``cfg.tensor_parallel_size`` must equal the replica's size.
         model_cfg: the policy architecture (checks refit names and shapes).
         pad_token_id: fills ``GenerationOutput.tokens`` past each response's end.
         seed: seeds the generator that gives ``seed=None`` calls their seeds.
-        refit_group: the ``torch.distributed`` group whose ranks hold the refit tensors.
+        replica: the ranks that share this engine (``trtllm_runtime.replica_group()``).
+        transport: how refit tensors reach the workers (default: CUDA IPC where there is a GPU).
     """
 
     def __init__(self, cfg: TrtllmConfig, model_cfg: ModelConfig, *, pad_token_id: int = 0, seed: int = 1234,
-                 refit_group=None):
+                 replica: ReplicaGroup | None = None, transport: RefitTransport | None = None):
         if not trtllm_available():
             raise ImportError(f"TensorRT-LLM is not installed; it comes with the gpu extra: {INSTALL_HINT}")
-        import torch.distributed as dist
-
+        self.replica = replica or ReplicaGroup(ranks=(0,), rank=0)
+        if cfg.tensor_parallel_size != self.replica.size:
+            raise ValueError(f"trtllm.tensor_parallel_size={cfg.tensor_parallel_size} must equal the replica's "
+                             f"{self.replica.size} ranks (one engine GPU per rank of the model-parallel group)")
         self.cfg, self.model_cfg, self.pad_token_id = cfg, model_cfg, int(pad_token_id)
-        self.refit_group = refit_group
-        self._distributed = dist.is_available() and dist.is_initialized() and (
-            refit_group is not None or dist.get_world_size() > 1)
-        self.is_leader = not self._distributed or dist.get_rank(refit_group) == 0
+        self.transport = transport or default_transport()
         self._seeds = torch.Generator().manual_seed(int(seed))
         self._asleep = False
+        self.last_missing_logprobs = 0
         self.llm = None
-        if self.is_leader:
+        devices = self._all_gather(self.transport.device_id())
+        self._owner_call(lambda: self._build_llm(devices))
+
+    def _build_llm(self, devices: list[int]) -> None:
+        with owner_env(devices):  # imported here, on the owner only
             from tensorrt_llm import LLM
             from tensorrt_llm.llmapi import KvCacheConfig
 
-            kwargs = llm_kwargs(cfg)
+            kwargs = llm_kwargs(self.cfg)
             kwargs["kv_cache_config"] = KvCacheConfig(**kwargs["kv_cache_config"])
             self.llm = LLM(**kwargs)
 
     @classmethod
     def from_config(cls, run_cfg, tokenizer_dir: str | None = None, *, pad_token_id: int = 0,
-                    refit_group=None) -> "TrtllmGenerationEngine":
+                    replica: ReplicaGroup | None = None) -> "TrtllmGenerationEngine":
         """The engine of a run config (``nemo_gift.config.schema.RunConfig``), see
         :func:`config_from_run`."""
         return cls(config_from_run(run_cfg, tokenizer_dir), run_cfg.model, pad_token_id=pad_token_id,
-                   seed=run_cfg.seed, refit_group=refit_group)
+                   seed=run_cfg.seed, replica=replica)
+
+    @property
+    def is_owner(self) -> bool:
+        return self.replica.is_owner
+
+    # ------------------------------------------------------------------ collectives
+
+    def _all_gather(self, obj) -> list:
+        if self.replica.group is None:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * self.replica.size
+        dist.all_gather_object(out, obj, group=self.replica.group)
+        return out
+
+    def _owner_call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the owner; its result (or error) reaches every rank of the replica."""
+        result, error = None, None
+        if self.is_owner:
+            try:
+                result = fn()
+            except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+                if self.replica.group is None:
+                    raise
+                error = f"{type(err).__name__}: {err}"
+        if self.replica.group is not None:
+            import torch.distributed as dist
+
+            box = [(result, error)]
+            dist.broadcast_object_list(box, src=self.replica.ranks[0], group=self.replica.group)
+            result, error = box[0]
+        if error is not None:
+            raise RuntimeError(f"TensorRT-LLM engine (owned by rank {self.replica.ranks[0]}): {error}")
+        return result
+
+    # ------------------------------------------------------------------ GenerationBackend
 
     def generate(self, prompts: Sequence[Sequence[int]], n: int = 1,
                  sampling: SamplingConfig | None = None) -> GenerationOutput:
-        """Sample ``n`` responses per prompt (first rank of ``refit_group`` only)."""
-        from tensorrt_llm import SamplingParams
-
+        """Sample ``n`` responses per prompt, on the owner; every rank of the replica gets them."""
         sampling = sampling or SamplingConfig()
-        if self.llm is None:
-            raise RuntimeError("generate() runs on the first rank of refit_group, which owns the engine")
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake() before generate()")
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._seeds))
+        out = self._owner_call(lambda: self._generate(prompts, n, sampling, seed))
+        self.last_missing_logprobs = int(out.logprobs.isnan().sum())
+        return out
+
+    def _generate(self, prompts, n: int, sampling: SamplingConfig, seed: int) -> GenerationOutput:
+        from tensorrt_llm import SamplingParams
+
         kwargs, copies = sampling_params_kwargs(sampling, n, seed, self.pad_token_id)
         requests = [{"prompt_token_ids": list(map(int, p))} for p in prompts for _ in range(copies)]
-        outputs = self.llm.generate(requests, sampling_params=SamplingParams(**kwargs), use_tqdm=False)
+        # one seed per request: with a shared seed, every request would draw the same random numbers
+        params = [SamplingParams(**dict(kwargs, seed=(seed + i) % 2**31)) for i in range(len(requests))]
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         return convert_outputs(outputs, len(prompts), n, sampling.stop_token_ids, self.pad_token_id)
 
     def refit(self, weights: HFWeights) -> None:
-        """Push full HF-named tensors (on this rank's GPU) into the engine, bucket by bucket.
-        Collective over ``refit_group``; call it after ``wake()``."""
-        import torch.distributed as dist
-        from tensorrt_llm._torch.utils import get_device_uuid
-
+        """Push full HF-named tensors into the engine, bucket by bucket: every rank of the
+        replica shares its own copy from its device. Call it after ``wake()``."""
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake() before refit()")
-        uuid = get_device_uuid(torch.cuda.current_device())
+        key = self.transport.device_key()
         tensors = refit_tensors(weights, self.model_cfg, self.cfg.dtype)
         for bucket in bucket_by_bytes(tensors, self.cfg.refit_bucket_bytes):
-            bucket = [(name, t.cuda()) for name, t in bucket]
-            handles = serialize_ipc_handles(bucket, uuid)
-            if self._distributed:
-                gathered = [None] * dist.get_world_size(self.refit_group) if self.is_leader else None
-                dist.gather_object(handles, gathered, group_dst=0, group=self.refit_group)
-                if self.is_leader:
-                    handles = {k: v for part in gathered for k, v in part.items()}
-            if self.is_leader:
-                self.llm._collective_rpc("update_weights", args=(handles,))
-            if self._distributed:
-                dist.barrier(group=self.refit_group)  # the workers have copied this bucket
-            del bucket
-        if self.is_leader:
-            self.llm._collective_rpc("update_weights", args=(None,))  # finalize
-        if self._distributed:
-            dist.barrier(group=self.refit_group)
+            staged = [(name, self.transport.stage(t)) for name, t in bucket]
+            payloads = self._gather_to_owner(serialize_ipc_handles(staged, key, self.transport.handle))
+            self._owner_call(lambda: self._update_weights({k: v for p in payloads or () for k, v in p.items()}))
+            del staged  # the owner's reply came after every worker had copied the bucket
+        self._owner_call(lambda: self._update_weights(None))  # finalize
+
+    def _gather_to_owner(self, payload: dict) -> list[dict] | None:
+        if self.replica.group is None:
+            return [payload]
+        import torch.distributed as dist
+
+        gathered = [None] * self.replica.size if self.is_owner else None
+        dist.gather_object(payload, gathered, dst=self.replica.ranks[0], group=self.replica.group)
+        return gathered
+
+    def _update_weights(self, handles: dict | None) -> None:
+        self.llm._collective_rpc("update_weights", args=(handles,))
 
     def sleep(self) -> None:
         """Release the tagged GPU memory (weights, KV cache, executor buffers)."""
         if self._asleep:
             return
-        if self.llm is not None and self.cfg.enable_sleep:
-            self.llm._collective_rpc("sleep", args=(list(self.cfg.sleep_tags),))
+        if self.cfg.enable_sleep:
+            self._owner_call(lambda: self.llm._collective_rpc("sleep", args=(list(self.cfg.sleep_tags),)))
         self._asleep = True
 
     def wake(self) -> None:
-        """Take the released memory back (the weights' contents are restored)."""
+        """Take the released memory back; refit before generating (the weights may be stale)."""
         if not self._asleep:
             return
-        if self.llm is not None and self.cfg.enable_sleep:
-            self.llm._collective_rpc("wakeup", args=(list(self.cfg.sleep_tags),))
+        if self.cfg.enable_sleep:
+            self._owner_call(lambda: self.llm._collective_rpc("wakeup", args=(list(self.cfg.sleep_tags),)))
         self._asleep = False
 
     def shutdown(self) -> None:
-        """Stop the engine's workers."""
+        """Stop the engine's workers (owner only; not collective)."""
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
+
+
+def wake_and_refit(engine, weights: Callable[[], HFWeights]) -> None:
+    """What the trainer runs before a rollout: ``engine.wake()``, then ``engine.refit(weights())``
+    (``weights`` is collective over the model-parallel group, e.g. ``policy.hf_weights``)."""
+    engine.wake()
+    engine.refit(weights())

@@ -60,10 +60,12 @@ def test_config_from_a_run_config(tmp_path):
 
     run = types.SimpleNamespace(
         model=CFG, seed=3, init=types.SimpleNamespace(hf_checkpoint=None),
-        parallel=types.SimpleNamespace(tensor_model_parallel_size=2, params_dtype="bfloat16"),
+        parallel=types.SimpleNamespace(tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
+                                       params_dtype="bfloat16"),
         rollout=types.SimpleNamespace(trtllm_gpu_memory_fraction=0.3))
     cfg = te.config_from_run(run, tokenizer_dir="/tok")
-    assert (cfg.tensor_parallel_size, cfg.dtype, cfg.max_seq_len) == (2, "bfloat16", CFG.max_position_embeddings)
+    # one engine GPU per rank of the model-parallel group: TP x PP
+    assert (cfg.tensor_parallel_size, cfg.dtype, cfg.max_seq_len) == (4, "bfloat16", CFG.max_position_embeddings)
     assert cfg.kv_cache_free_gpu_memory_fraction == 0.3 and cfg.tokenizer_dir == "/tok"
     assert cfg.load_format == "dummy"  # no checkpoint: a config.json only, weights come by refit
     with open(f"{cfg.model_dir}/config.json") as f:
@@ -173,6 +175,15 @@ def test_convert_outputs_follows_the_padding_contract():
     assert torch.allclose(out.logprobs[0, :3], torch.tensor(la)) and out.logprobs[0, 3] == 0
     assert torch.allclose(out.logprobs[1], torch.tensor(lb))
     assert torch.allclose(out.logprobs[2, :1], torch.tensor(lc))  # sampled token's, not the top-1's
+
+
+def test_a_sampled_token_missing_from_the_logprob_dict_is_nan_not_an_error():
+    """Issue 15, defect 6: the PyTorch backend's dict holds the top-k tokens only."""
+    ids = [7, 8]
+    entries = [{7: types.SimpleNamespace(logprob=-0.5, rank=1)}, {3: types.SimpleNamespace(logprob=-0.1, rank=1)}]
+    out = te.convert_outputs([types.SimpleNamespace(outputs=[types.SimpleNamespace(
+        token_ids=ids, logprobs=entries, finish_reason="length")])], 1, 1, (), 0)
+    assert out.logprobs[0, 0].item() == -0.5 and out.logprobs[0, 1].isnan()
 
 
 def test_convert_outputs_greedy_copies_are_prompt_major():

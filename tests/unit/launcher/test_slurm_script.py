@@ -32,6 +32,7 @@ def test_gift_qwen32b_sbatch_structure():
         "#SBATCH --time=12:00:00",
         f"#SBATCH --output={run_dir}/slurm-%j.out",
         "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=16",  # issue 15: TensorRT-LLM's Ray placement group needs TP x PP CPUs
         "#SBATCH --mem=0",
         "#SBATCH --partition=batch",
         "#SBATCH --exclusive",
