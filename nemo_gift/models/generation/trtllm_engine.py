@@ -23,10 +23,13 @@ How it works
   (``LLM(model=hf_dir, backend="pytorch", orchestrator_type="ray",
   ray_worker_extension_cls="tensorrt_llm.llmapi.rlhf_utils.WorkerExtension", enable_sleep=True)``),
   fed token ids (no tokenizer: ``skip_tokenizer_init``, ``detokenize=False``).
-- Sampling: :func:`sampling_params_kwargs` translates a :class:`SamplingConfig`. TRT-LLM treats
-  ``top_k in (None, 1)`` with ``top_p in (None, 0)`` as greedy, so sampling always sets an
-  explicit ``top_k`` (0 = all tokens); greedy uses ``top_k=1`` and, since the LLM API refuses
-  ``n > 1`` with greedy decoding, submits each prompt n times. ``end_id=-1`` turns the
+- Sampling: :func:`sampling_params_kwargs` translates a :class:`SamplingConfig`. TRT-LLM 1.2 treats
+  a request as greedy when none of ``temperature``/``top_k``/``top_p`` is given, or ``top_k == 1``,
+  ``top_p == 0`` or ``temperature == 0`` (``SamplingParams.params_imply_greedy_decoding``,
+  tensorrt_llm/sampling_params.py:339@b35ac1b6), so sampling always passes all three (``top_k=0`` =
+  all tokens); greedy uses ``top_k=1`` and, since the LLM API refuses ``n > 1`` with greedy
+  decoding, submits each prompt n times. (A sampling config with ``top_k=1`` is greedy to TRT-LLM
+  too, so it is refused for ``n > 1``.) ``end_id=-1`` turns the
   tokenizer's EOS off: only ``stop_token_ids`` stop, and ``include_stop_str_in_output`` keeps
   the stop token, as the padding contract requires. A ``seed=None`` call gets a seed from the
   engine's own generator (TRT-LLM's default seed is the same constant every call), and request

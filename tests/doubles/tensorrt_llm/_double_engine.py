@@ -1,10 +1,29 @@
-"""The double's stand-in for a worker's model engine (not a mimic of a TensorRT-LLM file): a
-Hugging Face ``transformers`` causal LM built from the model directory's ``config.json``, whose
-weights are the checkpoint's (``load_format="auto"``), random (``"dummy"``), or what refit
-delivered; and a token-in/token-out sampler with TensorRT-LLM's semantics (temperature, then
-top-k with 0 = all, then top-p; greedy = argmax; ``end_id=-1`` never ends; a stop token ends the
-response and is kept with ``include_stop_str_in_output``; log-probs are the raw distribution's
-top-k, as ``TorchSampler.handle_logprobs`` returns them)."""
+"""The double's stand-in for a worker's model engine (not a mimic of a TensorRT-LLM file): a Hugging Face
+``transformers`` causal LM built from the model directory's ``config.json``, whose weights are the
+checkpoint's (``load_format="auto"``), random (``"dummy"``), or what refit delivered; and a
+token-in/token-out sampler.
+
+What follows TensorRT-LLM (``path:LINE@commit`` in NVIDIA/TensorRT-LLM):
+- the stop checks of ``TorchSampler._handle_stop_criteria``
+  (tensorrt_llm/_torch/pyexecutor/sampler.py:660@28edbcdb), in its order: the end token first
+  (tensorrt_llm/_torch/pyexecutor/sampler.py:663-665@28edbcdb; ``end_id=-1`` matches no token, so it
+  never ends), then the length limit (tensorrt_llm/_torch/pyexecutor/sampler.py:667-669@28edbcdb), then
+  a stop token (tensorrt_llm/_torch/pyexecutor/sampler.py:671-673@28edbcdb); so a stop token sampled as
+  the last allowed token finishes with ``"length"``;
+- ``finish_reason`` "stop" for the end token and for a stop token, "length" at the limit
+  (tensorrt_llm/executor/result.py:414-426@a678b91a); a stop token sets ``stop_reason`` to its id and is
+  removed from ``token_ids`` unless ``include_stop_str_in_output``
+  (tensorrt_llm/executor/result.py:416-424@a678b91a), while its log-prob entry stays (the log-probs were
+  cut to the untrimmed length before, tensorrt_llm/executor/result.py:386-390@a678b91a);
+- log-probs: the raw distribution's top-k as ``{token: Logprob(logprob, rank)}``, rank 1 = most likely
+  (``TorchSampler.handle_logprobs``, tensorrt_llm/_torch/pyexecutor/sampler.py:677-701@28edbcdb), so the
+  sampled token can be missing;
+- greedy is the argmax; ``top_k=0`` keeps every token (tensorrt_llm/sampling_params.py:144@b35ac1b6).
+
+Not read, the double's own choices: the order of temperature, top-k and top-p (temperature, then top-k,
+then top-p, as ``nemo_gift``'s torch engine does), the random numbers (a ``torch`` generator seeded with
+``seed``), and whether an end token stays in ``token_ids`` (the double drops it; ``nemo_gift`` always
+passes ``end_id=-1``)."""
 
 from __future__ import annotations
 
@@ -72,6 +91,7 @@ class ModelEngine:
         out = [[] for _ in range(n)]
         lps: list[list[dict]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
+        stop_reasons: list[int | None] = [None] * n
         past, step_in = None, ids
         for _ in range(params.max_tokens):
             res = self.model(input_ids=step_in, use_cache=True, **{self._cache_arg: past})
@@ -88,18 +108,18 @@ class ModelEngine:
                     continue
                 out[r].append(t)
                 lps[r].append(_topk_logprobs(raw[r], params.logprobs))
-                if t in stops:
-                    reasons[r] = "stop"
-                    if not params.include_stop_str_in_output:
-                        out[r].pop()
-                        lps[r].pop()
-                elif len(out[r]) == params.max_tokens:
+                if len(out[r]) == params.max_tokens:  # the length limit is checked before stop tokens
                     reasons[r] = "length"
+                elif t in stops:
+                    reasons[r], stop_reasons[r] = "stop", t
+                    if not params.include_stop_str_in_output:
+                        out[r].pop()  # the token goes, its log-prob entry stays
             if all(reason is not None for reason in reasons):
                 break
             step_in = token[:, None]
         return [CompletionOutput(index=r, token_ids=out[r], logprobs=lps[r] if params.logprobs is not None else [],
-                                 finish_reason=reasons[r] or "length") for r in range(n)]
+                                 finish_reason=reasons[r] or "length", stop_reason=stop_reasons[r])
+                for r in range(n)]
 
 
 def _sample(logits: torch.Tensor, params, gen: torch.Generator) -> torch.Tensor:

@@ -81,15 +81,17 @@ def test_config_from_a_run_config(tmp_path):
 
 
 def _trtllm_would_be_greedy(kw):
-    """TensorRT-LLM's own rule (``SamplingParams._greedy_decoding``, 1.x)."""
-    return kw["top_k"] in (None, 1) and kw["top_p"] in (None, 0.0)
+    """TensorRT-LLM's own rule: ``SamplingParams.params_imply_greedy_decoding``,
+    tensorrt_llm/sampling_params.py:339@b35ac1b6 (NVIDIA/TensorRT-LLM)."""
+    t, p, k = kw["temperature"], kw["top_p"], kw["top_k"]
+    return (t is None and p is None and k is None) or k == 1 or p == 0.0 or t == 0
 
 
 def test_sampling_translation_keeps_sampling_from_the_full_vocabulary():
     kw, copies = te.sampling_params_kwargs(SamplingConfig(max_new_tokens=7, temperature=0.8), 4, 11, 0)
     assert copies == 1 and kw["n"] == 4
     assert kw["temperature"] == 0.8 and kw["top_k"] == 0 and kw["top_p"] == 1.0
-    assert not _trtllm_would_be_greedy(kw)  # top_k=None, top_p=None would silently mean greedy
+    assert not _trtllm_would_be_greedy(kw)  # all three given, none of them greedy
     assert kw["max_tokens"] == 7 and kw["seed"] == 11 and kw["logprobs"] == 1
     assert kw["end_id"] == -1 and kw["stop_token_ids"] is None and kw["detokenize"] is False
 

@@ -1,10 +1,17 @@
-"""``tensorrt_llm.llmapi.rlhf_utils.WorkerExtension`` (double), from ``llmapi/rlhf_utils.py``
-@04762f3b: ``update_weights(ipc_handles)`` with ``ipc_handles = {device_uuid:
-base64(pickle([(name, (rebuild_fn, args)), ...]))}`` (or the list itself); the first call prepares
-the model for reloading, each call with handles opens this worker's device's entry (refusing a
-payload without it), rebuilds the tensors (CUDA handles get this worker's device as ``args[6]``)
-and reloads them with partial loading allowed; ``update_weights(None)`` finalizes. The payload
-is unpickled with an allow-list, as the real one uses ``tensorrt_llm.serialization.loads``."""
+"""``tensorrt_llm.llmapi.rlhf_utils.WorkerExtension`` (double), read from
+``tensorrt_llm/llmapi/rlhf_utils.py@04762f3b`` (citations are ``path:LINE@commit`` in
+NVIDIA/TensorRT-LLM): ``update_weights(ipc_handles)`` (tensorrt_llm/llmapi/rlhf_utils.py:37@04762f3b)
+with ``ipc_handles = {device_uuid: base64(pickle([(name, (rebuild_fn, args)), ...]))}`` or the list
+itself (tensorrt_llm/llmapi/rlhf_utils.py:70-93@04762f3b); the first call of a cycle prepares the model
+for reloading (``pre_reload_weights``, tensorrt_llm/llmapi/rlhf_utils.py:54-60@04762f3b); each call with
+handles opens this worker's device's entry, refusing a payload without it
+(tensorrt_llm/llmapi/rlhf_utils.py:63-66@04762f3b), rebuilds the tensors with this worker's device as
+``args[6]`` (tensorrt_llm/llmapi/rlhf_utils.py:95-100@04762f3b) and reloads them with partial loading
+allowed (tensorrt_llm/llmapi/rlhf_utils.py:103-105@04762f3b); ``update_weights(None)`` finalizes
+(tensorrt_llm/llmapi/rlhf_utils.py:108-126@04762f3b). The payload is unpickled with an allow-list, as
+the real one uses ``tensorrt_llm.serialization.loads`` (tensorrt_llm/llmapi/rlhf_utils.py:81@04762f3b);
+the double sets ``args[6]`` for CUDA handles only, since its by-value CPU handles have no device
+argument."""
 
 import base64
 import io
@@ -28,9 +35,13 @@ class _Unpickler(pickle.Unpickler):
 
 
 class WorkerExtension:
-    """Mixed into the double's ``RayGPUWorker`` (``ray_worker_extension_cls``)."""
+    """tensorrt_llm/llmapi/rlhf_utils.py:14@04762f3b; mixed into the double's ``RayGPUWorker``
+    (``ray_worker_extension_cls``)."""
 
     def update_weights(self, ipc_handles=None):
+        """tensorrt_llm/llmapi/rlhf_utils.py:37@04762f3b (error messages
+        tensorrt_llm/llmapi/rlhf_utils.py:66@04762f3b and
+        tensorrt_llm/llmapi/rlhf_utils.py:89@04762f3b)."""
         self._check_awake("update_weights")
         if not self.reloading:
             self.reloading = True  # pre_reload_weights on the first call of a cycle
