@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
 from nemo_gift.algorithms.losses import gift_loss, grpo_loss
-from nemo_gift.algorithms.normalization import AllReduce, GroupMoments
+from nemo_gift.algorithms.normalization import AllReduce, GroupMoments, check_finite
 
 
 def gift_objective(
@@ -60,6 +60,7 @@ def nll_objective(*, num_tokens: int) -> Callable:
     """Supervised warm start: summed negative log-likelihood of the response tokens / num_tokens."""
 
     def objective(logprobs, mb):
+        check_finite(logprobs, "policy_logprobs", where=mb["loss_mask"])
         mask = mb["loss_mask"].to(logprobs.dtype)
         loss = -(logprobs * mask).sum() / num_tokens
         return loss, {"loss": loss.detach(), "tokens": mask.sum().detach()}

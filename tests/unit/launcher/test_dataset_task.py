@@ -25,7 +25,8 @@ def test_gsm8k_task_encodes_and_scores(tmp_path):
     _char_tokenizer(tmp_path / "tok")
     cfg = load("gift_tiny", [
         "data.dataset=gsm8k", f"data.train_path={FIXTURE}", f"data.eval_path={FIXTURE}", "data.eval_size=4",
-        "tokenizer.kind=hf", f"tokenizer.path={tmp_path / 'tok'}", "reward.verifier=gsm8k",
+        "tokenizer.kind=hf", f"tokenizer.path={tmp_path / 'tok'}", "reward.verifier=gsm8k", "sft.steps=0",
+        "data.max_prompt_length=1000", "model.max_position_embeddings=1024",
     ])
     task = build_task(cfg)
     assert len(task.train_records) == 20 and len(task.eval_records) == 4
