@@ -82,7 +82,7 @@ def build_task(cfg: RunConfig) -> Task:
     train = task.records(Split.TRAIN, n_train, seed=data_seed)
     heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
     train_eval = train[: cfg.data.eval_size]
-    verifier = get_verifier(cfg.reward.verifier_for(cfg.data))
+    verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
 
     def score(records, texts):
         results = verifier.verify_batch(texts, [r.ground_truth for r in records])

@@ -53,7 +53,8 @@ def check_range(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key}={value!r} must be a number")
     if math.isnan(value) or (finite and math.isinf(value)):
-        raise ConfigError(f"{key}={value!r} must be a finite number {_interval(low, high, low_open, high_open)}".rstrip())
+        interval = _interval(low, high, low_open, high_open)
+        raise ConfigError(f"{key}={value!r} must be a finite number {interval}".rstrip())
     below = low is not None and (value < low or (low_open and value == low))
     above = high is not None and (value > high or (high_open and value == high))
     if below or above:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,17 @@ class InitConfig:
     def check_paths(self) -> None:
         check_path("init.hf_checkpoint", self.hf_checkpoint, "dir")
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """``model.vocab_size`` equals the checkpoint's (its config.json), where it can be read here."""
+        path = Path(self.hf_checkpoint or "") / "config.json"
+        if self.hf_checkpoint and path.is_file():
+            try:
+                hf_vocab = json.loads(path.read_text()).get("vocab_size", vocab_size)
+            except (OSError, ValueError, AttributeError) as err:
+                raise ConfigError(f"init.hf_checkpoint: {path} is not a JSON config: {err}") from None
+            if hf_vocab != vocab_size:
+                raise ConfigError(f"model.vocab_size={vocab_size} != {hf_vocab}, the vocab_size of {path}")
+
 
 @dataclasses.dataclass
 class TokenizerConfig:
@@ -90,12 +102,9 @@ class ArithmeticTaskConfig:
         except ValueError as err:
             raise ConfigError(f"data.arithmetic: {err}") from None
 
-    def prompt_tokens(self) -> tuple[int, int]:
-        """(shortest, longest) prompt of the task in char-tokenizer tokens, <bos> included."""
-        from nemo_gift.data.synthetic import CharTokenizer
-
-        tok, op = CharTokenizer(), self.operators[0]
-        return tuple(len(tok.encode(f"{'9' * d}{op}{'9' * d}=")) for d in (self.min_digits, self.max_digits))
+    def shortest_prompt(self) -> int:
+        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
+        return 2 * self.min_digits + 3
 
 
 @dataclasses.dataclass
@@ -178,7 +187,9 @@ class RewardConfig:
             return
         verifier = self.verifier or DEFAULT_VERIFIER.get(data.dataset)
         if verifier is None:
-            raise ConfigError(f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model")
+            raise ConfigError(
+                f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model"
+            )
         if data.dataset == "arithmetic":
             wanted = ARITHMETIC_VERIFIERS[int(data.arithmetic.reverse_answer)]
             if self.verifier is not None and self.verifier != wanted:
@@ -187,13 +198,9 @@ class RewardConfig:
                     f"data.arithmetic.reverse_answer={data.arithmetic.reverse_answer}; use {wanted} (or null)"
                 )
         elif verifier in ARITHMETIC_VERIFIERS:
-            raise ConfigError(f"reward.verifier={verifier} scores only the synthetic task, not data.dataset={data.dataset}")
-
-    def verifier_for(self, data: DataConfig) -> str | None:
-        """The verifier name the trainer uses (None: each record's own, for real datasets)."""
-        if self.verifier is None and data.dataset == "arithmetic":
-            return ARITHMETIC_VERIFIERS[int(data.arithmetic.reverse_answer)]
-        return self.verifier
+            raise ConfigError(
+                f"reward.verifier={verifier} scores only the synthetic task, not data.dataset={data.dataset}"
+            )
 
 
 @dataclasses.dataclass
@@ -213,14 +220,14 @@ class RolloutConfig:
     """Share of free GPU memory the TensorRT-LLM KV cache may take."""
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ConfigError(f"rollout.group_size={self.group_size}: GIFT and GRPO normalize within a group; G must be >= 2")
+        check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
         check_range("rollout.temperature", self.temperature, low=0)
         check_range("rollout.top_p", self.top_p, low=0, high=1, low_open=True)
         check_range("rollout.top_k", self.top_k, low=0)
         check_range("rollout.max_new_tokens", self.max_new_tokens, low=1)
         check_range("rollout.eval_temperature", self.eval_temperature, low=0)
-        check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1, low_open=True)
+        check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,
+                    low_open=True)
 
 
 @dataclasses.dataclass
@@ -410,39 +417,27 @@ def _check_paths(cfg: RunConfig) -> None:
 
 def _check_task(cfg: RunConfig) -> None:
     """The task fits the model, the warm start and the prompt length."""
-    d = cfg.data
+    d, vocab = cfg.data, cfg.model.vocab_size
     if d.dataset == "arithmetic":
         from nemo_gift.data.synthetic import CharTokenizer
 
-        vocab = CharTokenizer().vocab_size
-        if cfg.model.vocab_size < vocab:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < the arithmetic task's char tokenizer's {vocab}")
-        shortest, _ = d.arithmetic.prompt_tokens()
+        if vocab < CharTokenizer().vocab_size:
+            raise ConfigError(f"model.vocab_size={vocab} < the arithmetic task's {CharTokenizer().vocab_size} tokens")
+        shortest = d.arithmetic.shortest_prompt()
         if d.max_prompt_length < shortest:
-            raise ConfigError(
-                f"data.max_prompt_length={d.max_prompt_length}: no arithmetic prompt fits (the shortest has {shortest} tokens)"
-            )
+            raise ConfigError(f"data.max_prompt_length={d.max_prompt_length}: no arithmetic prompt fits "
+                              f"(the shortest has {shortest} tokens)")
     elif cfg.sft.steps:
-        raise ConfigError(
-            f"sft.steps={cfg.sft.steps}: the warm start has demonstrations only for data.dataset=arithmetic; "
-            "start real datasets from an instruct model with sft.steps=0"
-        )
-    hf_config = Path(cfg.init.hf_checkpoint or "") / "config.json"
-    if cfg.init.hf_checkpoint and cfg.cluster.executor == "local" and hf_config.is_file():
-        import json
-
-        try:
-            hf_vocab = json.loads(hf_config.read_text()).get("vocab_size")
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"init.hf_checkpoint: {hf_config} is not valid JSON: {err}") from None
-        if hf_vocab is not None and hf_vocab != cfg.model.vocab_size:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} != {hf_vocab}, the vocab_size of {hf_config}")
+        raise ConfigError(f"sft.steps={cfg.sft.steps}: the warm start has demonstrations only for "
+                          "data.dataset=arithmetic; start real datasets from an instruct model with sft.steps=0")
+    if cfg.cluster.executor == "local":
+        cfg.init.check_vocab(vocab)
 
 
 def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
-    """Cross-field checks, paths and registries; raise :class:`ConfigError` naming the key. Returns ``cfg``.
+    """Cross-field checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
 
-    Single values (finite, in range, registered) are checked by each section's ``__post_init__``."""
+    Single values (finite, in range, registered names) are checked by each section's ``__post_init__``."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cfg.job == "export":
         for key in ("checkpoint", "hf_out"):

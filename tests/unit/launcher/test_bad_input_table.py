@@ -29,7 +29,8 @@ LIMIT_S = 10.0
 
 # (id, overrides after conf=gift_tiny and run_dir={run}, a fragment the message must hold, setup)
 # Placeholders: {run} the run directory, {file} an existing file, {txt} an existing .txt file,
-# {dir} an existing directory that is no checkpoint. setup "checkpoint": RUN_DIR holds a
+# {dir} an existing directory that is no checkpoint, {hf} an HF directory whose config.json says
+# vocab_size 32000. setup "checkpoint": RUN_DIR holds a
 # checkpoint trained with the unchanged config; "corrupt": its metadata.json is torn.
 TABLE = [
     # the rows
@@ -92,6 +93,7 @@ TABLE = [
                                      "tokenizer.kind=hf", "tokenizer.path={dir}", "reward.verifier=gsm8k",
                                      "sft.steps=0"], "data.train_path=", None),
     ("init.hf_checkpoint=<file>", ["init.hf_checkpoint={file}"], "init.hf_checkpoint=", None),
+    ("init.hf_checkpoint of another vocabulary", ["init.hf_checkpoint={hf}"], "model.vocab_size=18 != 32000", None),
     ("sft.cache_dir under a file", ["sft.cache_dir={file}/cache"], "sft.cache_dir=", None),
     ("checkpoint.resume=<file>", ["checkpoint.resume={file}"], "checkpoint.resume=", None),
     # resume: where from
@@ -111,12 +113,14 @@ def env(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "a_dir").mkdir()
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"vocab_size": 32000}')
     monkeypatch.chdir(cwd)
     calls = []
     monkeypatch.setattr(launcher, "run_local", lambda cfg, path: calls.append(path) or 0)
     fixture = REPO / "tests" / "fixtures" / "data" / "gsm8k.jsonl"
     return {"root": tmp_path, "run": tmp_path / "run", "file": tmp_path / "a_file", "txt": tmp_path / "notes.txt",
-            "dir": tmp_path / "a_dir", "gsm8k": fixture, "calls": calls, "cwd": cwd}
+            "dir": tmp_path / "a_dir", "hf": tmp_path / "hf", "gsm8k": fixture, "calls": calls, "cwd": cwd}
 
 
 def _argv(env, overrides, setup):
