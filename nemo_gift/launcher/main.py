@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         name, overrides, dry_run = parse_argv(sys.argv[1:] if argv is None else argv)
         cfg = load(name, overrides)
-        plan_resume(cfg)  # a resume that would change the trajectory is refused before anything is written
+        if cfg.job == "train":
+            plan_resume(cfg)  # a resume that would change the trajectory is refused before anything is written
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
