@@ -50,6 +50,7 @@ class MegatronPolicy:
         if with_reference:
             self.reference = ReferenceModel.from_policy(self.module, model_cfg, parallel, offload=offload_reference)
         self.optimizer, self.scheduler = None, None
+        self.optimizer_settings: OptimizerSettings | None = None
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group()
 
@@ -165,6 +166,6 @@ class MegatronPolicy:
     def load(self, path: str) -> dict[str, Any]:
         """Restore a checkpoint; the optimizer settings configured here win over the saved ones."""
         state = checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
-        if self.optimizer is not None:
+        if self.optimizer_settings is not None:
             apply_settings(self.optimizer, self.scheduler, self.optimizer_settings)
         return state
