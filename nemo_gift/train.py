@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nemo_gift.config.convert import to_dict
-from nemo_gift.config.schema import DEFAULT_VERIFIER, RunConfig, read_run_config
+from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.config.resume import RUN_CONFIG_KEY, ResumePlan, plan_resume, record_changes
+from nemo_gift.config.schema import RunConfig, read_run_config
 
 
 def init_distributed(backend: str) -> tuple[int, int]:
@@ -72,8 +73,8 @@ def build_task(cfg: RunConfig) -> Task:
     from nemo_gift.rewards import get_verifier
 
     if cfg.data.dataset != "arithmetic":
-        return build_dataset_task(cfg)
-    task = ArithmeticTask(ArithmeticConfig(**dataclasses.asdict(cfg.data.arithmetic)))  # same field names
+        return fit_prompt_length(build_dataset_task(cfg), cfg.data.max_prompt_length)
+    task = ArithmeticTask(cfg.data.arithmetic.task_config())
     tok = task.tokenizer
     if tok.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
@@ -82,7 +83,7 @@ def build_task(cfg: RunConfig) -> Task:
     train = task.records(Split.TRAIN, n_train, seed=data_seed)
     heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
     train_eval = train[: cfg.data.eval_size]
-    verifier = get_verifier(cfg.reward.verifier or DEFAULT_VERIFIER["arithmetic"])
+    verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
 
     def score(records, texts):
         results = verifier.verify_batch(texts, [r.ground_truth for r in records])
@@ -95,12 +96,12 @@ def build_task(cfg: RunConfig) -> Task:
         teacher = random.Random(sft_rng_seed * 7_000_003 + step)
         return [task.sft_example(p, teacher) for p in problems]
 
-    return Task(
+    return fit_prompt_length(Task(
         train_records=train, eval_records=heldout, train_eval_records=train_eval,
         encode=lambda r: tok.encode(r.prompt, add_special_tokens=True),
         decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
         pad_token_id=tok.pad_token_id, stop_token_ids=(tok.eos_token_id,), score=score, sft_examples=sft_examples,
-    )
+    ), cfg.data.max_prompt_length)
 
 
 def build_dataset_task(cfg: RunConfig) -> Task:
@@ -108,7 +109,7 @@ def build_dataset_task(cfg: RunConfig) -> Task:
     from transformers import AutoTokenizer
 
     from nemo_gift.data import load_records, render_prompt
-    from nemo_gift.rewards import get_verifier
+    from nemo_gift.rewards import MathEquivalencePool, VerifierConfig, get_verifier
 
     path = cfg.tokenizer.path or cfg.init.hf_checkpoint
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.init.trust_remote_code)
@@ -130,12 +131,14 @@ def build_dataset_task(cfg: RunConfig) -> Task:
             return torch.as_tensor(out.scores, dtype=torch.float32), ["scored"] * len(texts)
     else:
         verifiers = {}
+        verify_cfg = VerifierConfig(timeout_s=cfg.reward.timeout_s)
+        pool = MathEquivalencePool(num_workers=cfg.reward.math_verify_workers, timeout_s=cfg.reward.timeout_s)
 
         def score(records, texts):
             rewards, reasons = [], []
             for r, text in zip(records, texts):
                 name = cfg.reward.verifier or r.verifier
-                v = verifiers.setdefault(name, get_verifier(name))
+                v = verifiers.setdefault(name, get_verifier(name, verify_cfg, pool))
                 res = v(text, r.ground_truth)
                 rewards.append(res.reward)
                 reasons.append(res.reason.value)
@@ -152,20 +155,44 @@ def build_dataset_task(cfg: RunConfig) -> Task:
     )
 
 
+def fit_prompt_length(task: Task, max_prompt_length: int) -> Task:
+    """``task`` without the prompts longer than ``data.max_prompt_length`` tokens (as encoded for
+    generation, template included); counts the dropped ones in the log."""
+    from nemo_gift.data.templates import filter_by_token_count
+
+    def count(record):
+        return len(task.encode(record))
+
+    kept = {}
+    for field in ("train_records", "eval_records", "train_eval_records"):
+        kept[field], _ = filter_by_token_count(getattr(task, field), count, max_prompt_length,
+                                               "data.max_prompt_length", field.replace("_", " "))
+    return dataclasses.replace(task, **kept)
+
+
 def init_seed(cfg: RunConfig) -> int:
     """The seed of the model's initialization and warm start (``sft.seed``, else ``seed``)."""
     return cfg.seed if cfg.sft.seed is None else cfg.sft.seed
 
 
+def sft_inputs(cfg: RunConfig, world_size: int) -> dict:
+    """Every input that :func:`warm_start` reads: the model and its initialization (layout, world
+    size, init seed, HF weights), the task and its tokenizer, the SFT settings, and the policy's
+    training knobs (clipping, micro-batch, log-prob chunk)."""
+    return {
+        "model": to_dict(cfg.model), "parallel": to_dict(cfg.parallel), "world": world_size, "seed": init_seed(cfg),
+        "init": cfg.init.hf_checkpoint, "dataset": cfg.data.dataset, "task": to_dict(cfg.data.arithmetic),
+        "tokenizer": to_dict(cfg.tokenizer),
+        "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")},
+        "clip_grad": cfg.optim.clip_grad, "micro_batch_size": cfg.trainer.micro_batch_size,
+        "logprob_chunk_size": cfg.trainer.logprob_chunk_size,
+    }
+
+
 def sft_cache_key(cfg: RunConfig, world_size: int) -> str:
     """The entry of ``sft.cache_dir`` that this run's warm start reads or writes: runs with the
-    same key share one warm start (experiments/run.py warms each key once before its runs)."""
-    blob = json.dumps(
-        {"model": to_dict(cfg.model), "parallel": to_dict(cfg.parallel), "task": to_dict(cfg.data.arithmetic),
-         "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")}, "seed": init_seed(cfg),
-         "world": world_size},
-        sort_keys=True,
-    )
+    same :func:`sft_inputs` share one warm start (experiments/run.py warms each key once)."""
+    blob = json.dumps(sft_inputs(cfg, world_size), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -191,20 +218,21 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
         checkpoint.save_checkpoint(cache, cfg.sft.steps, policy.model, keep_last=1)
 
 
-def run(cfg: RunConfig) -> list[dict]:
-    """Set up and train on this rank; returns the loop's history."""
+def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
+    """Set up and train on this rank (resuming per ``plan``, else :func:`plan_resume`); returns the
+    loop's history."""
     from megatron.core import parallel_state as ps
 
     from nemo_gift.algorithms.gift import LoopConfig, LoopParts, train
     from nemo_gift.algorithms.rollout import PromptSampler
     from nemo_gift.distributed import parallel
     from nemo_gift.models.generation.interfaces import SamplingConfig
-    from nemo_gift.models.policy import checkpoint
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings
     from nemo_gift.utils.logger import MetricsLogger
     from nemo_gift.utils.progress import Progress
 
+    plan = plan_resume(cfg) if plan is None else plan  # a refused resume stops here, before any work
     rank, world = init_distributed(os.environ.get("NEMO_GIFT_DIST_BACKEND", cfg.cluster.backend))
     parallel.initialize(cfg.parallel, seed=init_seed(cfg))
     run_dir = Path(cfg.run_dir)
@@ -214,18 +242,15 @@ def run(cfg: RunConfig) -> list[dict]:
     max_steps = t.max_steps if t.epochs is None else t.epochs * sampler.steps_per_epoch
 
     ckpt_root = run_dir / "checkpoints"
-    resume = None
-    if cfg.checkpoint.resume == "auto":
-        resume = checkpoint.latest_checkpoint(ckpt_root)
-    elif cfg.checkpoint.resume != "never":
-        resume = Path(cfg.checkpoint.resume)
-    start_step = checkpoint.read_metadata(resume)["step"] if resume else 0
+    resume, start_step = plan.checkpoint, plan.step
 
     logger = MetricsLogger(
         run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
         wandb_project=cfg.logging.wandb_project, run_name=cfg.name, config=to_dict(cfg),
         resume_step=start_step if resume else None,
     )
+    if rank == 0:
+        record_changes(run_dir, plan)
     use_reference = (cfg.trainer.algorithm == "gift" and cfg.gift.implicit_baseline.value == "reference") or (
         cfg.trainer.algorithm == "grpo" and cfg.grpo.beta_kl > 0
     )
@@ -275,7 +300,7 @@ def run(cfg: RunConfig) -> list[dict]:
                                 top_k=r.top_k, stop_token_ids=stop),
         eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
                                      stop_token_ids=stop),
-        gift=cfg.gift, grpo=cfg.grpo,
+        gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(
@@ -303,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="RUN_DIR/config.yaml written by the launcher")
     args = parser.parse_args(argv)
-    cfg = read_run_config(args.config)
     try:
-        run(cfg)
+        cfg = read_run_config(args.config)
+        plan = plan_resume(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg, plan)
     finally:
         if dist.is_initialized():
             from megatron.core import parallel_state as ps

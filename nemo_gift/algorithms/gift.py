@@ -58,6 +58,8 @@ class LoopConfig:
     grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
     seed: int = 1234
     checkpoint_dir: Optional[str] = None
+    trainer_state: dict = dataclasses.field(default_factory=dict)
+    """Saved in every checkpoint's trainer state beside the loop's own (the resolved run config)."""
 
 
 @dataclasses.dataclass
@@ -248,6 +250,7 @@ def train(parts: LoopParts, cfg: LoopConfig, start_step: int = 0) -> list[dict[s
         last = step == cfg.max_steps
         if cfg.checkpoint_dir and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             parts.policy.save(
-                cfg.checkpoint_dir, step, {"step": step, "sampler": parts.sampler.state_dict()}, cfg.keep_last
+                cfg.checkpoint_dir, step, {**cfg.trainer_state, "step": step, "sampler": parts.sampler.state_dict()},
+                cfg.keep_last,
             )
     return history

@@ -11,8 +11,9 @@ so that the sum of the micro-batch losses (and gradients) over every micro-batch
 and rank equals the full-batch loss, whenever each call holds whole groups or is
 given global group statistics. Without them the local count is used.
 
-Validation (fully masked responses, non-finite rewards, groups of one, bad
-indices) costs a few host syncs per call; the metrics cost none.
+Validation (fully masked responses, non-finite rewards, NaN/inf log-probs at valid tokens
+named by tensor and [i, t], groups of one, bad indices) costs a few host syncs per call; the
+metrics cost none.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nemo_gift.algorithms.normalization import (
     AllReduce,
     GroupMoments,
     check_finite,
+    check_finite_logprobs,
     explicit_advantages,
     group_moments,
     implicit_rewards,
@@ -255,6 +257,8 @@ def grpo_loss(
     gi, k = resolve_groups(n, group_size, group_index, num_groups, policy_logprobs.device)
     dtype = torch.promote_types(policy_logprobs.dtype, torch.float32)
     valid = mask if mask.dtype == torch.bool else mask != 0  # [N, T]
+    check_finite_logprobs(valid, policy_logprobs=policy_logprobs, old_logprobs=old_logprobs,
+                          reference_logprobs=reference_logprobs if use_kl else None)
     lengths = valid.sum(dim=-1)  # [N]
     if bool((lengths == 0).any()):
         i = int(torch.nonzero(lengths == 0)[0, 0])
@@ -325,6 +329,10 @@ def dpo_loss(
     shapes = {t.shape for t in (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)}
     if len(shapes) != 1 or policy_chosen_logps.dim() != 1:
         raise ValueError(f"the four DPO inputs must share one [P] shape, got {sorted(tuple(s) for s in shapes)}")
+    for name, value in (("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps),
+                        ("reference_chosen_logps", reference_chosen_logps),
+                        ("reference_rejected_logps", reference_rejected_logps)):
+        check_finite(value, name)
     chosen = beta * (policy_chosen_logps - reference_chosen_logps)  # [P]
     rejected = beta * (policy_rejected_logps - reference_rejected_logps)  # [P]
     margin = chosen - rejected
@@ -366,6 +374,8 @@ def una_loss(
             f"{tuple(policy_logps.shape)}, {tuple(reference_logps.shape)}, {tuple(rewards.shape)}"
         )
     check_finite(rewards, "rewards")
+    check_finite(policy_logps, "policy_logps")
+    check_finite(reference_logps, "reference_logps")
     implicit = beta * (policy_logps - reference_logps)  # [N]
     err = implicit - rewards.detach().to(implicit.dtype)
     loss = (err * err).mean()

@@ -31,6 +31,7 @@ from nemo_gift.algorithms.config import ImplicitRewardMode, StdGuard, coerce_enu
 __all__ = [
     "accumulation_dtype",
     "check_finite",
+    "check_finite_logprobs",
     "response_lengths",
     "implicit_rewards",
     "contiguous_group_index",
@@ -55,13 +56,30 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def check_finite(values: torch.Tensor, name: str) -> None:
-    """Raise ValueError naming the first index of ``values`` that is NaN or inf (one host sync)."""
-    bad = ~torch.isfinite(values)
+def check_finite(values: torch.Tensor, name: str, where: Optional[torch.Tensor] = None) -> None:
+    """Raise ValueError naming the first index of ``values`` that is NaN or inf (one host sync).
+
+    ``where`` (a bool mask of ``values``' shape, e.g. the response mask) limits the check to the
+    positions that count: padding may hold anything."""
+    bad = ~torch.isfinite(values.detach())
+    if where is not None:
+        bad = bad & (where if where.dtype == torch.bool else where != 0)
     if bool(bad.any()):
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
-        where = idx[0] if len(idx) == 1 else idx
-        raise ValueError(f"{name}[{where}] = {values[idx].item()} is not finite")
+        at = idx[0] if len(idx) == 1 else ", ".join(map(str, idx))
+        raise ValueError(f"{name}[{at}] = {values[idx].item()} is not finite")
+
+
+def check_finite_logprobs(valid: torch.Tensor, **logprobs: Optional[torch.Tensor]) -> None:
+    """Raise ValueError naming the tensor and the [i, t] of the first NaN/inf log-prob at a valid
+    token (``valid`` [N, T] bool), among the named tensors (None skipped). One host sync."""
+    given = {k: v for k, v in logprobs.items() if v is not None}
+    bad = torch.zeros_like(valid)
+    for v in given.values():
+        bad = bad | ~torch.isfinite(v.detach())
+    if bool((bad & valid).any()):
+        for name, v in given.items():
+            check_finite(v, name, where=valid)
 
 
 def response_lengths(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -115,6 +133,7 @@ def implicit_rewards(
             raise ValueError(f"length_exponent={p!r} contradicts mode='kl_average' (p = 1)")
     dtype = accumulation_dtype(torch.promote_types(policy_logprobs.dtype, baseline_logprobs.dtype))
     valid = mask if mask.dtype == torch.bool else mask != 0  # [N, T]
+    check_finite_logprobs(valid, policy_logprobs=policy_logprobs, baseline_logprobs=baseline_logprobs)
     log_ratio = policy_logprobs.to(dtype) - baseline_logprobs.to(dtype)  # [N, T]
     log_ratio = torch.where(valid, log_ratio, torch.zeros((), dtype=dtype, device=log_ratio.device))
     s = log_ratio.sum(dim=-1)  # [N]
@@ -334,19 +353,27 @@ def explicit_advantages(
     Its advantages are exactly 0. Local: with partial groups, compute A where whole groups
     live and inject it into the loss.
 
-    Raises ValueError naming the index of a NaN/inf reward, or on a group of fewer than 2.
+    The statistics accumulate in float64 (rewards of 1e20 square to 1e40, past float32's range);
+    A is returned in the rewards' accumulation dtype (float32 for float32 rewards).
+
+    Raises ValueError naming the index of a NaN/inf reward, the group whose reward std is not
+    finite (rewards near float64's range), or on a group of fewer than 2.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be [N], got shape {tuple(rewards.shape)}")
-    r = rewards.detach().to(accumulation_dtype(rewards.dtype))  # [N]
+    out_dtype = accumulation_dtype(rewards.dtype)
+    r = rewards.detach().to(torch.float64)  # [N]
     check_finite(r, "rewards")
     gi, k = resolve_groups(r.shape[0], group_size, group_index, num_groups, r.device)
     moments = group_moments(r, gi, k)
     _check_counts(moments, gi)
     std = moments.std(unbiased)  # [K]
+    if not bool(torch.isfinite(std).all()):
+        g = int(torch.nonzero(~torch.isfinite(std))[0, 0])
+        raise ValueError(f"group {g}: the std of its rewards is {std[g].item()} (rewards too large to normalize)")
     gmax = r.new_zeros(k).scatter_reduce(0, gi, r, "amax", include_self=False)
     gmin = r.new_zeros(k).scatter_reduce(0, gi, r, "amin", include_self=False)
     zero_std = (gmax == gmin) & (moments.count > 0)  # [K]
     adv = (r - moments.mean[gi]) / (std[gi] + eps)  # [N]
     adv = torch.where(zero_std[gi], torch.zeros_like(adv), adv)
-    return ExplicitAdvantages(adv, zero_std)
+    return ExplicitAdvantages(adv.to(out_dtype), zero_std)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
+
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
 from nemo_gift.algorithms.losses import gift_loss, grpo_loss
-from nemo_gift.algorithms.normalization import AllReduce, GroupMoments
+from nemo_gift.algorithms.normalization import AllReduce, GroupMoments, check_finite
 
 
 def gift_objective(
@@ -60,9 +62,10 @@ def nll_objective(*, num_tokens: int) -> Callable:
     """Supervised warm start: summed negative log-likelihood of the response tokens / num_tokens."""
 
     def objective(logprobs, mb):
-        mask = mb["loss_mask"].to(logprobs.dtype)
-        loss = -(logprobs * mask).sum() / num_tokens
-        return loss, {"loss": loss.detach(), "tokens": mask.sum().detach()}
+        valid = mb["loss_mask"].bool()  # [b, S]
+        check_finite(logprobs, "policy_logprobs", where=valid)
+        loss = -torch.where(valid, logprobs, torch.zeros_like(logprobs)).sum() / num_tokens
+        return loss, {"loss": loss.detach(), "tokens": valid.sum().to(logprobs.dtype).detach()}
 
     return objective
 

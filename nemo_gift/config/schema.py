@@ -16,12 +16,14 @@ optimizer steps per rollout batch); each mini-batch runs in micro-batches of
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.config.checks import check_choice, check_path, check_range, check_safe_name, check_writable_dir
 from nemo_gift.config.convert import ConfigError, from_dict, to_dict
 from nemo_gift.launcher.cluster import ClusterConfig
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
@@ -30,6 +32,12 @@ DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_i
 
 # The verifier each dataset is scored with, unless reward.verifier says otherwise.
 DEFAULT_VERIFIER = {"arithmetic": "arithmetic", "gsm8k": "gsm8k", "math": "math", "dapo": "dapo", "aime": "aime"}
+ARITHMETIC_VERIFIERS = ("arithmetic", "arithmetic_reversed")
+"""The synthetic task's verifiers; they read bare integers, so they score no real dataset."""
+MAX_SEED = 2**32 - 1
+"""Seeds are non-negative 32-bit integers (numpy's limit; offsets are added to them)."""
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+"""Data files the loaders read (nemo_gift.data.sources); a directory may hold several."""
 
 
 @dataclasses.dataclass
@@ -43,6 +51,20 @@ class InitConfig:
     offload_reference: bool = False
     """Keep the frozen reference model in host memory between uses (frees GPU memory)."""
 
+    def check_paths(self) -> None:
+        check_path("init.hf_checkpoint", self.hf_checkpoint, "dir")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """``model.vocab_size`` equals the checkpoint's (its config.json), where it can be read here."""
+        path = Path(self.hf_checkpoint or "") / "config.json"
+        if self.hf_checkpoint and path.is_file():
+            try:
+                hf_vocab = json.loads(path.read_text()).get("vocab_size", vocab_size)
+            except (OSError, ValueError, AttributeError) as err:
+                raise ConfigError(f"init.hf_checkpoint: {path} is not a JSON config: {err}") from None
+            if hf_vocab != vocab_size:
+                raise ConfigError(f"model.vocab_size={vocab_size} != {hf_vocab}, the vocab_size of {path}")
+
 
 @dataclasses.dataclass
 class TokenizerConfig:
@@ -50,6 +72,9 @@ class TokenizerConfig:
     """``char``: the synthetic task's character tokenizer. ``hf``: a local transformers tokenizer."""
     path: str | None = None
     """Directory of the ``hf`` tokenizer (defaults to init.hf_checkpoint)."""
+
+    def check_paths(self) -> None:
+        check_path("tokenizer.path", self.path, "dir")
 
 
 @dataclasses.dataclass
@@ -63,6 +88,22 @@ class ArithmeticTaskConfig:
     heldout_fraction: float = 0.05
     teacher_carry_drop: float = 0.0
     """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
+
+    def __post_init__(self):
+        self.task_config()
+
+    def task_config(self):
+        """The nemo_gift.data.synthetic.ArithmeticConfig of these fields (it checks their values)."""
+        from nemo_gift.data.synthetic import ArithmeticConfig
+
+        try:
+            return ArithmeticConfig(**dataclasses.asdict(self))
+        except ValueError as err:
+            raise ConfigError(f"data.arithmetic: {err}") from None
+
+    def shortest_prompt(self) -> int:
+        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
+        return 2 * self.min_digits + 3
 
 
 @dataclasses.dataclass
@@ -83,8 +124,21 @@ class DataConfig:
     template: Literal["plain", "chat"] = "plain"
     """``chat`` applies the tokenizer's chat template; ``plain`` uses the prompt text as is."""
     max_prompt_length: int = 1024
-    """Longer prompts are filtered out (in tokens, template included)."""
+    """Longer prompts are filtered out of the training and held-out prompts (in tokens, template
+    included), with a count in the log; no prompt left is an error."""
     arithmetic: ArithmeticTaskConfig = dataclasses.field(default_factory=ArithmeticTaskConfig)
+
+    def __post_init__(self):
+        check_range("data.eval_size", self.eval_size, low=1)
+        check_range("data.max_prompt_length", self.max_prompt_length, low=1)
+        check_range("data.seed", self.seed, low=0, high=MAX_SEED)
+
+    def check_paths(self) -> None:
+        for key in ("train_path", "eval_path"):
+            value = getattr(self, key)
+            check_path(f"data.{key}", value, "any")
+            if value is not None and Path(value).is_file() and Path(value).suffix not in DATA_SUFFIXES:
+                raise ConfigError(f"data.{key}={value}: the loaders read {', '.join(DATA_SUFFIXES)} files")
 
 
 @dataclasses.dataclass
@@ -94,7 +148,9 @@ class RewardConfig:
     verifier: str | None = None
     """Verifier name; defaults to the dataset's."""
     timeout_s: float = 5.0
-    """Hard per-response limit of the math-equivalence check."""
+    """Hard per-response limit of the math-equivalence check (``math``, ``dapo``), in seconds."""
+    math_verify_workers: int = 2
+    """Worker processes of the math-equivalence pool (checks of one batch run in parallel)."""
     reward_model_path: str | None = None
     """Local directory of the reward model (``kind: reward_model``)."""
     length_normalize: bool = True
@@ -103,6 +159,47 @@ class RewardConfig:
     """Reward-model scoring batch."""
     device: str = "cpu"
     """Device of the reward model (e.g. ``cuda:7`` to keep it off the policy's GPUs)."""
+
+    def __post_init__(self):
+        from nemo_gift.rewards import verifier_names
+
+        check_range("reward.timeout_s", self.timeout_s, low=0, low_open=True)
+        check_range("reward.math_verify_workers", self.math_verify_workers, low=1)
+        check_range("reward.batch_size", self.batch_size, low=1)
+        if self.verifier is not None:
+            check_choice("reward.verifier", self.verifier, verifier_names())
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"reward.device={self.device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+
+    def check_paths(self) -> None:
+        check_path("reward.reward_model_path", self.reward_model_path, "dir")
+
+    def check_task(self, data: DataConfig) -> None:
+        """The reward fits the dataset: the synthetic task and the real datasets read different answers."""
+        if self.kind == "reward_model":
+            if self.reward_model_path is None:
+                raise ConfigError("reward.kind=reward_model needs reward.reward_model_path")
+            if data.dataset == "arithmetic":
+                raise ConfigError("reward.kind=reward_model does not score data.dataset=arithmetic; use its verifier")
+            return
+        verifier = self.verifier or DEFAULT_VERIFIER.get(data.dataset)
+        if verifier is None:
+            raise ConfigError(
+                f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model"
+            )
+        if data.dataset == "arithmetic":
+            wanted = ARITHMETIC_VERIFIERS[int(data.arithmetic.reverse_answer)]
+            if self.verifier is not None and self.verifier != wanted:
+                raise ConfigError(
+                    f"reward.verifier={self.verifier} does not score data.dataset=arithmetic with "
+                    f"data.arithmetic.reverse_answer={data.arithmetic.reverse_answer}; use {wanted} (or null)"
+                )
+        elif verifier in ARITHMETIC_VERIFIERS:
+            raise ConfigError(
+                f"reward.verifier={verifier} scores only the synthetic task, not data.dataset={data.dataset}"
+            )
 
 
 @dataclasses.dataclass
@@ -121,6 +218,16 @@ class RolloutConfig:
     trtllm_gpu_memory_fraction: float = 0.5
     """Share of free GPU memory the TensorRT-LLM KV cache may take."""
 
+    def __post_init__(self):
+        check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
+        check_range("rollout.temperature", self.temperature, low=0)
+        check_range("rollout.top_p", self.top_p, low=0, high=1, low_open=True)
+        check_range("rollout.top_k", self.top_k, low=0)
+        check_range("rollout.max_new_tokens", self.max_new_tokens, low=1)
+        check_range("rollout.eval_temperature", self.eval_temperature, low=0)
+        check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,
+                    low_open=True)
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -134,6 +241,15 @@ class OptimConfig:
     adam_beta2: float = 0.999
     clip_grad: float = 1.0
     """Global grad-norm clipping (GIFT has no other clipping)."""
+
+    def __post_init__(self):
+        check_range("optim.lr", self.lr, low=0, low_open=True)
+        check_range("optim.min_lr", self.min_lr, low=0, high=self.lr)
+        check_range("optim.warmup_steps", self.warmup_steps, low=0)
+        check_range("optim.weight_decay", self.weight_decay, low=0)
+        for key in ("adam_beta1", "adam_beta2"):
+            check_range(f"optim.{key}", getattr(self, key), low=0, high=1, high_open=True)
+        check_range("optim.clip_grad", self.clip_grad, low=0, low_open=True)
 
 
 @dataclasses.dataclass
@@ -150,6 +266,15 @@ class SftConfig:
     seed: int | None = None
     """Seed of the model's initialization and of the warm start's examples; None: the run's
     ``seed``. Runs that differ only in ``seed`` but share this one share one warm start."""
+
+    def __post_init__(self):
+        check_range("sft.steps", self.steps, low=0)
+        check_range("sft.batch_size", self.batch_size, low=1)
+        check_range("sft.lr", self.lr, low=0, low_open=True)
+        check_range("sft.seed", self.seed, low=0, high=MAX_SEED)
+
+    def check_paths(self) -> None:
+        check_writable_dir("sft.cache_dir", self.cache_dir)
 
 
 @dataclasses.dataclass
@@ -170,6 +295,12 @@ class TrainerConfig:
     logprob_chunk_size: int | None = None
     """Sequence chunk of the vocab-parallel log-prob reduction (bounds its memory)."""
 
+    def __post_init__(self):
+        for key in ("max_steps", "epochs", "prompts_per_step", "mini_batch_prompts", "micro_batch_size",
+                    "logprob_chunk_size"):
+            check_range(f"trainer.{key}", getattr(self, key), low=1)
+        check_range("trainer.eval_every", self.eval_every, low=0)
+
 
 @dataclasses.dataclass
 class CheckpointConfig:
@@ -179,6 +310,20 @@ class CheckpointConfig:
     resume: str = "auto"
     """``auto``: continue from the latest checkpoint in RUN_DIR/checkpoints if any; ``never``;
     or a checkpoint directory."""
+    resume_config_change: Literal["refuse", "allow"] = "refuse"
+    """A resume whose config changes the trajectory (nemo_gift.config.resume lists what does)
+    is refused, naming the keys; ``allow`` continues with the new values (LR schedule included)
+    and records the change in RUN_DIR/config_changes.jsonl."""
+
+    def __post_init__(self):
+        check_range("checkpoint.every", self.every, low=0)
+        check_range("checkpoint.keep_last", self.keep_last, low=1)
+        if not str(self.resume).strip():
+            raise ConfigError("checkpoint.resume='' is empty; use auto, never or a checkpoint directory")
+
+    def check_paths(self) -> None:
+        if self.resume not in ("auto", "never"):
+            check_path("checkpoint.resume", self.resume, "dir")
 
 
 @dataclasses.dataclass
@@ -207,6 +352,9 @@ class ExportConfig:
     max_shard_gb: float = 5.0
     """Largest safetensors shard, in GiB."""
 
+    def __post_init__(self):
+        check_range("export.max_shard_gb", self.max_shard_gb, low=0, low_open=True)
+
     def command(self, python: str) -> list[str]:
         """The ``python -m nemo_gift.export`` command line of this job."""
         cmd = [python, "-m", "nemo_gift.export", "--checkpoint", str(self.checkpoint), "--hf-out", str(self.hf_out),
@@ -223,8 +371,11 @@ class RunConfig:
     job: Literal["train", "export"] = "train"
     """``train`` runs nemo_gift.train on every rank; ``export`` runs nemo_gift.export once."""
     name: str = "run"
+    """The run's name (job names, W&B); a plain name: ``runs/${name}`` must stay under runs/."""
     run_dir: str = "runs/run"
+    """Where the run writes its config, logs and checkpoints."""
     seed: int = 1234
+    """Seed of the prompt order and sampling (and, unless set apart, of data and model init)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
@@ -242,22 +393,56 @@ class RunConfig:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
+    def __post_init__(self):
+        check_safe_name("name", self.name)
+        check_range("seed", self.seed, low=0, high=MAX_SEED)
+        if not str(self.run_dir).strip():
+            raise ConfigError("run_dir='' is empty: it would write into the current directory; give a directory")
 
-def _require_path(key: str, value: str | None) -> None:
-    if value is not None and not Path(value).exists():
-        raise ConfigError(f"{key}={value}: no such file or directory")
+
+def _check_paths(cfg: RunConfig) -> None:
+    """Every path's kind (file or directory) and writability; only where the run executes here."""
+    if cfg.cluster.executor != "local":
+        return
+    check_writable_dir("run_dir", cfg.run_dir)
+    if cfg.job == "export":
+        check_path("export.checkpoint", cfg.export.checkpoint, "dir")
+        check_path("export.hf_source", cfg.export.hf_source, "dir")
+        check_writable_dir("export.hf_out", cfg.export.hf_out)
+        return
+    for section in (cfg.init, cfg.tokenizer, cfg.data, cfg.reward, cfg.sft, cfg.checkpoint):
+        section.check_paths()
+
+
+def _check_task(cfg: RunConfig) -> None:
+    """The task fits the model, the warm start and the prompt length."""
+    d, vocab = cfg.data, cfg.model.vocab_size
+    if d.dataset == "arithmetic":
+        from nemo_gift.data.synthetic import CharTokenizer
+
+        if vocab < CharTokenizer().vocab_size:
+            raise ConfigError(f"model.vocab_size={vocab} < the arithmetic task's {CharTokenizer().vocab_size} tokens")
+        shortest = d.arithmetic.shortest_prompt()
+        if d.max_prompt_length < shortest:
+            raise ConfigError(f"data.max_prompt_length={d.max_prompt_length}: no arithmetic prompt fits "
+                              f"(the shortest has {shortest} tokens)")
+    elif cfg.sft.steps:
+        raise ConfigError(f"sft.steps={cfg.sft.steps}: the warm start has demonstrations only for "
+                          "data.dataset=arithmetic; start real datasets from an instruct model with sft.steps=0")
+    if cfg.cluster.executor == "local":
+        cfg.init.check_vocab(vocab)
 
 
 def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
-    """Cross-field checks; raise :class:`ConfigError` naming the key. Returns ``cfg``."""
+    """Cross-field checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
+
+    Single values (finite, in range, registered names) are checked by each section's ``__post_init__``."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cfg.job == "export":
         for key in ("checkpoint", "hf_out"):
             if getattr(cfg.export, key) is None:
                 raise ConfigError(f"job=export needs export.{key}")
-        if cfg.cluster.executor == "local":
-            _require_path("export.checkpoint", cfg.export.checkpoint)
-            _require_path("export.hf_source", cfg.export.hf_source)
+        _check_paths(cfg)
         if cfg.cluster.world_size != 1:
             raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
         return cfg
@@ -275,13 +460,6 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
         )
     dp = world // (tp * pp)
     G, t = cfg.rollout.group_size, cfg.trainer
-    if G < 2:
-        raise ConfigError(f"rollout.group_size={G}: GIFT and GRPO normalize within a group; G must be >= 2")
-    for key in ("max_steps", "prompts_per_step", "mini_batch_prompts", "micro_batch_size"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be >= 1")
-    if t.epochs is not None and t.epochs < 1:
-        raise ConfigError(f"trainer.epochs={t.epochs} must be >= 1")
     if t.prompts_per_step % t.mini_batch_prompts:
         raise ConfigError(
             f"trainer.prompts_per_step={t.prompts_per_step} is not a multiple of "
@@ -309,21 +487,7 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"rollout.engine=torch generates on the policy's own model and needs "
             f"parallel.pipeline_model_parallel_size=1 (got {pp}); use rollout.engine=trtllm with PP"
         )
-    if t.eval_every < 0 or cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 1:
-        raise ConfigError("trainer.eval_every and checkpoint.every must be >= 0, checkpoint.keep_last >= 1")
-    if t.logprob_chunk_size is not None and t.logprob_chunk_size < 1:
-        raise ConfigError(f"trainer.logprob_chunk_size={t.logprob_chunk_size} must be >= 1 or null")
-    o = cfg.optim
-    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
-        raise ConfigError(f"optim.lr={o.lr} must be > 0 and 0 <= optim.min_lr={o.min_lr} <= lr")
-    if o.clip_grad <= 0:
-        raise ConfigError(f"optim.clip_grad={o.clip_grad} must be > 0")
     r = cfg.rollout
-    if r.temperature < 0 or not 0 < r.top_p <= 1 or r.top_k < 0 or r.max_new_tokens < 1:
-        raise ConfigError(
-            f"rollout: temperature={r.temperature} must be >= 0, top_p={r.top_p} in (0, 1], "
-            f"top_k={r.top_k} >= 0, max_new_tokens={r.max_new_tokens} >= 1"
-        )
     if cfg.data.max_prompt_length + r.max_new_tokens > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.max_prompt_length + rollout.max_new_tokens = "
@@ -341,38 +505,18 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
         raise ConfigError(f"data.train_path is required for data.dataset={d.dataset}")
     if (d.eval_dataset or d.dataset) != "arithmetic" and d.eval_path is None:
         raise ConfigError(f"data.eval_path is required for data.eval_dataset={d.eval_dataset or d.dataset}")
-    if d.eval_size < 1:
-        raise ConfigError(f"data.eval_size={d.eval_size} must be >= 1")
     if (d.dataset == "arithmetic") != (cfg.tokenizer.kind == "char"):
         raise ConfigError(
             f"tokenizer.kind={cfg.tokenizer.kind} does not fit data.dataset={d.dataset}: the arithmetic "
             "task uses the char tokenizer, real datasets an hf tokenizer"
         )
-    if cfg.reward.kind == "reward_model":
-        if cfg.reward.reward_model_path is None:
-            raise ConfigError("reward.kind=reward_model needs reward.reward_model_path")
-    elif (cfg.reward.verifier or DEFAULT_VERIFIER.get(d.dataset)) is None:
-        raise ConfigError(f"no verifier for data.dataset={d.dataset}; set reward.verifier or reward.kind=reward_model")
-    if cfg.reward.timeout_s <= 0:
-        raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s} must be > 0")
+    cfg.reward.check_task(d)
     if cfg.tokenizer.kind == "hf" and (cfg.tokenizer.path or cfg.init.hf_checkpoint) is None:
         raise ConfigError("tokenizer.kind=hf needs tokenizer.path or init.hf_checkpoint")
-    if cfg.cluster.executor == "local":
-        for key, value in (
-            ("init.hf_checkpoint", cfg.init.hf_checkpoint),
-            ("tokenizer.path", cfg.tokenizer.path),
-            ("data.train_path", d.train_path),
-            ("data.eval_path", d.eval_path),
-            ("reward.reward_model_path", cfg.reward.reward_model_path),
-        ):
-            _require_path(key, value)
-        if cfg.cluster.backend == "nccl" and not cuda:
-            raise ConfigError("cluster.backend=nccl needs CUDA; use cluster.backend=gloo on CPU")
-    resume = cfg.checkpoint.resume
-    if resume not in ("auto", "never") and cfg.cluster.executor == "local":
-        _require_path("checkpoint.resume", resume)
-    if cfg.sft.steps < 0 or cfg.sft.batch_size < 1 or cfg.sft.lr <= 0:
-        raise ConfigError("sft.steps must be >= 0, sft.batch_size >= 1, sft.lr > 0")
+    if cfg.cluster.executor == "local" and cfg.cluster.backend == "nccl" and not cuda:
+        raise ConfigError("cluster.backend=nccl needs CUDA; use cluster.backend=gloo on CPU")
+    _check_task(cfg)
+    _check_paths(cfg)
     return cfg
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nemo_gift.data.records import DatasetFormatError, DatasetName, EmptyDatasetError, PromptRecord
+from nemo_gift.data.records import DatasetError, DatasetFormatError, DatasetName, EmptyDatasetError, PromptRecord
 from nemo_gift.data.sources import iter_rows
 from nemo_gift.data.templates import BOXED_INSTRUCTION, GSM8K_INSTRUCTION, with_instruction
 from nemo_gift.rewards.extract import canonical_integer, find_last_boxed, gsm8k_canonical, strip_wrappers
@@ -187,6 +187,18 @@ CONVERTERS: dict[DatasetName, RowConverter] = {
 }
 
 
+def _convert(convert: RowConverter, row: Row, instruction: str | None) -> PromptRecord:
+    """``convert(row)``; any failure of a malformed row becomes a `DatasetFormatError` naming the file and row."""
+    try:
+        return convert(row, instruction)
+    except DatasetError:
+        raise
+    except RecursionError:
+        raise row.error(None, "nested too deeply to read") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise row.error(None, f"{type(e).__name__}: {e}") from None
+
+
 def load_records(
     name: DatasetName | str,
     path: str | Path,
@@ -226,7 +238,7 @@ def load_records(
     rows = duplicates = 0
     for source, number, data in iter_rows(path, split):
         rows += 1
-        record = convert(Row(source, number, data), instruction)
+        record = _convert(convert, Row(source, number, data), instruction)
         if dedupe:
             k = record.dedupe_key()
             if k in seen:

@@ -18,6 +18,7 @@ Accepted ``path`` values:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,8 +81,8 @@ def _iter_json_array(path: Path) -> Iterator[RawRow]:
     label = str(path)
     try:
         rows = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetFormatError(label, None, None, f"not a valid JSON array: {e}") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DatasetFormatError(label, None, None, f"not a valid JSON array: {_decode_problem(e)}") from None
     for row_no, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise DatasetFormatError(label, row_no, None, f"expected a JSON object, got {type(row).__name__}")
@@ -103,11 +104,20 @@ def _iter_jsonl(path: Path) -> Iterator[RawRow]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(label, line_no, None, f"invalid JSON: {e.msg} at column {e.colno}") from None
+            except (ValueError, RecursionError) as e:
+                raise DatasetFormatError(label, line_no, None, _decode_problem(e)) from None
             if not isinstance(row, dict):
                 raise DatasetFormatError(label, line_no, None, f"expected a JSON object, got {type(row).__name__}")
             yield label, line_no, row
+
+
+def _decode_problem(e: BaseException) -> str:
+    """What a JSON decoder's error says, in a row's error message."""
+    if isinstance(e, RecursionError):
+        return "invalid JSON: nested too deeply to decode"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON: {e.msg} at column {e.colno}"
+    return f"invalid JSON: {e}"
 
 
 def _iter_parquet(path: Path) -> Iterator[RawRow]:
@@ -122,10 +132,11 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
             for row in batch.to_pylist():
                 row_no += 1
                 yield label, row_no, row
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+    except (OSError, ValueError, RecursionError) as e:  # pyarrow's ArrowInvalid is a ValueError
         if isinstance(e, DatasetError):
             raise
-        raise DatasetError(f"{label}: cannot read Parquet: {e}") from None
+        problem = "nested too deeply to decode" if isinstance(e, RecursionError) else str(e)
+        raise DatasetError(f"{label}: cannot read Parquet: {problem}") from None
 
 
 def _iter_saved_dataset(path: Path, split: str | None) -> Iterator[RawRow]:
@@ -146,5 +157,12 @@ def _iter_saved_dataset(path: Path, split: str | None) -> Iterator[RawRow]:
             raise DatasetError(f"{path}: no split {split!r}; splits: {sorted(loaded)}")
         loaded = loaded[split]
     label = f"{path}[{split}]" if split else str(path)
-    for row_no, row in enumerate(loaded, start=1):
+    rows = iter(loaded)
+    for row_no in itertools.count(1):
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except RecursionError:
+            raise DatasetFormatError(label, row_no, None, "nested too deeply to decode") from None
         yield label, row_no, dict(row)

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nemo_gift.data.records import ChatMessage, EmptyDatasetError, PromptRecord
+
+logger = logging.getLogger(__name__)
 
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 """Appended to GSM8K questions (the verifier reads ``#### <number>``)."""
@@ -130,18 +133,35 @@ def filter_by_prompt_length(
     Raises:
         EmptyDatasetError: if no record is left (or none was given).
     """
+    return filter_by_token_count(
+        records, lambda r: count_prompt_tokens(r, kind, tokenizer), max_prompt_tokens,
+        label=f"prompts ({TemplateKind(kind).value} template)",
+    )
+
+
+def filter_by_token_count(
+    records: Sequence[PromptRecord], count: Callable[[PromptRecord], int], max_prompt_tokens: int,
+    what: str = "max_prompt_tokens", label: str = "prompts",
+) -> tuple[list[PromptRecord], PromptLengthStats]:
+    """Keep the records with ``count(record) <= max_prompt_tokens``; log how many were dropped.
+
+    ``what`` names the limit (e.g. ``data.max_prompt_length``) and ``label`` the records in the messages.
+
+    Raises:
+        EmptyDatasetError: if no record is left (or none was given).
+    """
     if max_prompt_tokens < 1:
-        raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        raise ValueError(f"{what}={max_prompt_tokens} must be >= 1")
     kept: list[PromptRecord] = []
     longest = 0
     for r in records:
-        n = count_prompt_tokens(r, kind, tokenizer)
+        n = count(r)
         if n <= max_prompt_tokens:
             kept.append(r)
             longest = max(longest, n)
     if not kept:
-        raise EmptyDatasetError(
-            f"no prompt of {len(records)} fits in max_prompt_tokens={max_prompt_tokens} "
-            f"({TemplateKind(kind).value} template)"
-        )
+        raise EmptyDatasetError(f"none of {len(records)} {label} fits in {what}={max_prompt_tokens} tokens")
+    if len(kept) < len(records):
+        logger.warning("%s=%d: dropped %d of %d %s (longer)", what, max_prompt_tokens,
+                       len(records) - len(kept), len(records), label)
     return kept, PromptLengthStats(kept=len(kept), dropped=len(records) - len(kept), longest_kept=longest)

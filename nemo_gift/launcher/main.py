@@ -3,8 +3,9 @@
 1. parse: ``conf=NAME`` picks ``conf/NAME.yaml``; every other ``key=value`` is a Hydra
    override (``cluster=local_slurm`` picks a group option, ``trainer.lr=1e-6`` sets a value).
 2. compose and validate: Hydra composes the ``defaults:`` overlays, then the result becomes the
-   typed :class:`~nemo_gift.config.schema.RunConfig` and is checked as a whole (layout vs model,
-   batch arithmetic, paths, extras) before any process starts.
+   typed :class:`~nemo_gift.config.schema.RunConfig` and is checked as a whole (values, layout vs
+   model, batch arithmetic, paths, registries, extras) before any process starts; a resume is
+   compared with its checkpoint's config (:mod:`nemo_gift.config.resume`).
 3. set up: the resolved config is written to ``RUN_DIR/config.yaml``; every rank reads it.
 4. run: the ``local`` executor runs the job here (one process, or N ranks through torchrun);
    ``slurm`` writes ``RUN_DIR/sbatch.sh`` and submits it, or only prints it with ``--dry-run``.
@@ -94,12 +95,15 @@ def run_local(cfg, config_path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nemo_gift.config.resume import plan_resume
     from nemo_gift.config.schema import write_run_config
     from nemo_gift.launcher import slurm
 
     try:
         name, overrides, dry_run = parse_argv(sys.argv[1:] if argv is None else argv)
         cfg = load(name, overrides)
+        if cfg.job == "train":
+            plan_resume(cfg)  # a resume that would change the trajectory is refused before anything is written
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

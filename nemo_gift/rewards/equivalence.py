@@ -22,7 +22,10 @@ Measured overhead (2 shared CPU cores): the pool's own round trip (pipes, JSON)
 is about 0.2 ms per check on an idle host and about 1 ms on an overloaded one,
 against math-verify's own 1-150 ms per check; a worker is ready about 0.6 s
 after its start (several seconds on an overloaded host). Identical pairs in a
-batch are checked once, and definite answers are cached across calls.
+batch are checked once, and definite answers are cached across calls. A timeout is
+cached too, per (gold, pred) pair, with the timeout it ran out: a policy that
+repeats a ``2^{2^{64}}``-style answer pays for it once, not on every response, and
+only a later call with a longer timeout tries the pair again.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class PoolStats:
     checks: int = 0
     """Pairs asked for, duplicates and cache hits included."""
     cache_hits: int = 0
+    """Pairs answered from the cache (definite results and cached timeouts)."""
+    cached_timeouts: int = 0
+    """Of the cache hits, the pairs that had timed out before (at this timeout or a longer one)."""
     soft_timeouts: int = 0
     """Checks that the worker ended itself (no restart needed)."""
     kills: int = 0
@@ -177,7 +183,8 @@ class MathEquivalencePool:
         timeout_s: the default hard timeout of one check, in seconds.
         startup_timeout_s: how long a new worker may take to import math-verify.
         memory_limit_mb: the address-space limit of each worker (0: none).
-        cache_size: definite results kept across calls (keyed by the exact pair).
+        cache_size: definite results, and timeouts with their timeout, kept across calls
+            (keyed by the exact pair), each.
 
     Workers start on the first check (or on `start`). Use as a context manager or
     call `close`; a finalizer also stops them when the pool is garbage collected.
@@ -204,6 +211,8 @@ class MathEquivalencePool:
         self.cache_size = cache_size
         self.stats = PoolStats()
         self._cache: OrderedDict[tuple[str, str], Equivalence] = OrderedDict()
+        self._timed_out: OrderedDict[tuple[str, str], tuple[float, Equivalence]] = OrderedDict()
+        """Pairs that timed out: the hard timeout they ran out and the result."""
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._pid = os.getpid()
@@ -248,9 +257,8 @@ class MathEquivalencePool:
             unique: dict[tuple[str, str], list[int]] = {}
             for i, pair in enumerate(pairs):
                 key = (str(pair[0]), str(pair[1]))
-                cached = self._cache.get(key)
+                cached = self._lookup(key, hard)
                 if cached is not None:
-                    self._cache.move_to_end(key)
                     self.stats.cache_hits += 1
                     out[i] = cached
                 else:
@@ -261,10 +269,7 @@ class MathEquivalencePool:
                 for key, result in zip(jobs, results):
                     for i in unique[key]:
                         out[i] = result
-                    if result.status in _CACHEABLE and self.cache_size > 0:
-                        self._cache[key] = result
-                        if len(self._cache) > self.cache_size:
-                            self._cache.popitem(last=False)
+                    self._remember(key, result, hard)
             return [r if r is not None else Equivalence(EquivStatus.ERROR, "internal") for r in out]
 
     def close(self) -> None:
@@ -289,6 +294,31 @@ class MathEquivalencePool:
         return [w.proc.pid for w in self._workers]
 
     # --------------------------------------------------------------- internals
+
+    def _lookup(self, key: tuple[str, str], hard: float) -> Equivalence | None:
+        """A definite result, or a timeout reached at a timeout at least as long as ``hard``."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if key in self._timed_out and self._timed_out[key][0] >= hard:
+            self._timed_out.move_to_end(key)
+            self.stats.cached_timeouts += 1
+            return self._timed_out[key][1]
+        return None
+
+    def _remember(self, key: tuple[str, str], result: Equivalence, hard: float) -> None:
+        if self.cache_size <= 0:
+            return
+        if result.status in _CACHEABLE:
+            table, entry = self._cache, result
+        elif result.status is EquivStatus.TIMEOUT:
+            table, entry = self._timed_out, (hard, result)
+        else:
+            return  # a crash or an internal error may not repeat
+        table[key] = entry
+        table.move_to_end(key)
+        if len(table) > self.cache_size:
+            table.popitem(last=False)
 
     def _prepare(self) -> None:
         if self._closed:

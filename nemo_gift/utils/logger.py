@@ -3,17 +3,60 @@
 Keys are ``split/name``: ``train/reward``, ``train/loss``, ``eval/pass@1``, ``time/rollout`` ...
 Only rank 0 writes; on other ranks every method is a no-op, so the calling code is identical
 everywhere. W&B is used when enabled *and* installed.
+
+A kill can leave the last line torn (a write cut short): readers drop it with a warning, and a
+resumed run rewrites the file atomically, so no complete line is ever lost. A malformed line
+anywhere else is damage, not a kill, and is refused naming the file and line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 METRICS_FILE = "metrics.jsonl"
+
+logger = logging.getLogger(__name__)
+
+
+def _parse(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each line of a JSONL log; see :func:`read_records`."""
+    lines = path.read_text(errors="replace").splitlines()
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            if number == len(lines):
+                logger.warning("%s: dropped the torn last line %d (a write cut short): %s", path, number, err)
+                break
+            raise ValueError(f"{path}: line {number} is not a JSON record ({err}); the log is damaged") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}: line {number} is not a metrics record with an integer 'step'")
+        parsed.append((line, record))
+    return parsed
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSONL metrics log, in order; a torn last line is dropped with a warning.
+
+    Raises ValueError naming the file and line for a malformed line before the last one.
+    """
+    return [record for _, record in _parse(Path(path))]
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the lines up to ``step`` (complete lines only), replacing the file atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line, record in _parse(path) if record["step"] <= step))
+    os.replace(tmp, path)
 
 
 def _scalar(value: Any) -> float | None:
@@ -50,8 +93,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             # A resumed run rewrites history after its checkpoint, so the file reads as one run.
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            _truncate_after(self.path, resume_step)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         if tensorboard:
@@ -94,7 +136,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path)
 
 
 def series(records: list[dict[str, float]], key: str) -> tuple[list[int], list[float]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from nemo_gift.config.checks import check_range
+
 Architecture = Literal["llama", "qwen2", "qwen3"]
 ParamsDtype = Literal["float32", "bfloat16", "float16"]
 TransformerImpl = Literal["auto", "local", "transformer_engine"]
@@ -70,6 +72,10 @@ class ModelConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_position_embeddings", "num_query_groups", "kv_channels"):
+            check_range(f"model.{name}", getattr(self, name), low=1)
+        check_range("model.rotary_base", self.rotary_base, low=0, low_open=True)
+        check_range("model.norm_epsilon", self.norm_epsilon, low=0, low_open=True)
         _check_choice("model.arch", self.arch, ("llama", "qwen2", "qwen3"))
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(

@@ -28,7 +28,9 @@ from nemo_gift.distributed.megatron_step import forward_logprobs, run_step
 from nemo_gift.models.policy import checkpoint
 from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
-from nemo_gift.models.policy.optimizer import OptimizerSettings, build_optimizer, build_scheduler, optimizer_step
+from nemo_gift.models.policy.optimizer import (
+    OptimizerSettings, apply_settings, build_optimizer, build_scheduler, optimizer_step,
+)
 from nemo_gift.models.policy.reference import ReferenceModel
 
 
@@ -48,6 +50,7 @@ class MegatronPolicy:
         if with_reference:
             self.reference = ReferenceModel.from_policy(self.module, model_cfg, parallel, offload=offload_reference)
         self.optimizer, self.scheduler = None, None
+        self.optimizer_settings: OptimizerSettings | None = None
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group()
 
@@ -56,6 +59,7 @@ class MegatronPolicy:
         """A fresh megatron-core optimizer (state reset) and LR schedule."""
         self.optimizer = build_optimizer([self.model], settings, self.parallel)
         self.scheduler = build_scheduler(self.optimizer, settings)
+        self.optimizer_settings = settings
 
     def sync_reference(self) -> None:
         """Make the reference a copy of the current weights (at the start of RL)."""
@@ -160,4 +164,8 @@ class MegatronPolicy:
         return str(path)
 
     def load(self, path: str) -> dict[str, Any]:
-        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
+        """Restore a checkpoint; the optimizer settings configured here win over the saved ones."""
+        state = checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
+        if self.optimizer_settings is not None:
+            apply_settings(self.optimizer, self.scheduler, self.optimizer_settings)
+        return state

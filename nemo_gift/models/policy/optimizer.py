@@ -118,29 +118,54 @@ def build_optimizer(model_chunks, settings: OptimizerSettings, parallel: Paralle
     return get_megatron_optimizer(config, list(model_chunks))
 
 
-def build_scheduler(optimizer, settings: OptimizerSettings):
-    """megatron-core's ``OptimizerParamScheduler`` for ``settings`` (see the module docstring).
-
-    It sets the LR of step 0 at once; call ``scheduler.step(1)`` after each optimizer step
-    (:func:`optimizer_step` does). ``state_dict``/``load_state_dict`` resume it.
-    """
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
+def _schedule(settings: OptimizerSettings) -> dict:
+    """The ``OptimizerParamScheduler`` attributes (and constructor arguments) of ``settings``."""
     warmup = settings.warmup_steps
-    decay = settings.decay_steps if settings.schedule == "cosine" else warmup + 1  # unused when constant
-    return OptimizerParamScheduler(
-        optimizer,
+    return dict(
         init_lr=settings.warmup_init_lr if warmup > 0 else settings.lr,
         max_lr=settings.lr,
         min_lr=settings.min_lr,
         lr_warmup_steps=warmup,
-        lr_decay_steps=decay,
+        lr_decay_steps=settings.decay_steps if settings.schedule == "cosine" else warmup + 1,  # unused when constant
         lr_decay_style=settings.schedule,
         start_wd=settings.weight_decay,
         end_wd=settings.weight_decay,
         wd_incr_steps=1,
         wd_incr_style="constant",
     )
+
+
+def build_scheduler(optimizer, settings: OptimizerSettings):
+    """megatron-core's ``OptimizerParamScheduler`` for ``settings`` (see the module docstring).
+
+    It sets the LR of step 0 at once; call ``scheduler.step(1)`` after each optimizer step
+    (:func:`optimizer_step` does). ``state_dict``/``load_state_dict`` resume it; then
+    :func:`apply_settings` makes the current settings win over the checkpoint's.
+    """
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    return OptimizerParamScheduler(optimizer, **_schedule(settings))
+
+
+def apply_settings(optimizer, scheduler, settings: OptimizerSettings) -> None:
+    """Make ``settings`` govern a restored optimizer and schedule, keeping their step and moments.
+
+    A checkpoint restores the optimizer's param groups (megatron-core keeps ``max_lr``/``min_lr``
+    in each, which its scheduler reads before its own), Adam's betas and eps, and the
+    scheduler's LR settings, so after a load the saved values would silently win. This sets
+    them all from ``settings`` and recomputes the LR and weight decay of the restored step:
+    the LR is then the new schedule's at that step (the clipping threshold lives in the
+    optimizer's config, built from ``settings``).
+    """
+    for name, value in _schedule(settings).items():
+        setattr(scheduler, name, value)
+    for group in optimizer.param_groups:
+        group.update(max_lr=settings.lr, min_lr=settings.min_lr)
+        if "betas" in group:
+            group.update(betas=(settings.adam_beta1, settings.adam_beta2), eps=settings.adam_eps)
+        if "momentum" in group:
+            group["momentum"] = settings.sgd_momentum
+    scheduler.step(increment=0)
 
 
 @dataclasses.dataclass

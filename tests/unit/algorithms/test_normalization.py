@@ -105,7 +105,7 @@ def test_fully_masked_response_raises_with_index():
 def test_nan_logprob_at_valid_token_raises_with_index():
     policy, baseline, mask, _, _ = _ragged()
     policy[3, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"s\[3\] = nan is not finite"):
+    with pytest.raises(ValueError, match=r"policy_logprobs\[3, 1\] = nan is not finite"):
         implicit_rewards(policy, baseline, mask)
 
 

@@ -291,3 +291,43 @@ def test_json_array_file(tmp_path):
     path.write_text(json.dumps(rows, indent=1))
     with pytest.raises(DatasetFormatError, match="aime.json: row 5: field 'answer'"):
         load_records("aime", path)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past the decoder's recursion limit
+
+
+def test_deeply_nested_json_names_the_file_and_row(tmp_path):
+    good = rows_of("gsm8k")[0]
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"question": ' + DEEP + ', "answer": "#### 1"}\n')
+    with pytest.raises(DatasetFormatError, match=r"deep\.jsonl: row 2: invalid JSON: nested too deeply") as err:
+        load_records("gsm8k", path)
+    assert (err.value.source, err.value.row) == (str(path), 2)
+    array = tmp_path / "deep.json"
+    array.write_text("[" + json.dumps(good) + ", " + DEEP + "]")
+    with pytest.raises(DatasetFormatError, match=r"deep\.json: not a valid JSON array: invalid JSON: nested too deeply"):
+        load_records("gsm8k", array)
+
+
+def test_a_converter_failure_names_the_file_and_row(tmp_path, monkeypatch):
+    """Any error a malformed row provokes while it is converted (not only the checked fields)."""
+    from nemo_gift.data import loaders
+    from nemo_gift.data.records import DatasetName
+
+    def boom(row, instruction):
+        if row.number == 2:
+            raise RecursionError("maximum recursion depth exceeded")
+        if row.number == 3:
+            raise TypeError("unhashable type: 'list'")
+        return loaders.gsm8k_record(row, instruction)
+
+    monkeypatch.setitem(loaders.CONVERTERS, DatasetName.GSM8K, boom)
+    rows = rows_of("gsm8k")
+    path = write_jsonl(tmp_path / "rows.jsonl", rows[:3])
+    with pytest.raises(DatasetFormatError, match=r"rows\.jsonl: row 2: nested too deeply"):
+        load_records("gsm8k", path)
+    path = write_jsonl(tmp_path / "rows.jsonl", [rows[0], rows[1], rows[2]])
+    monkeypatch.setitem(loaders.CONVERTERS, DatasetName.GSM8K,
+                        lambda row, i: boom(row, i) if row.number != 2 else loaders.gsm8k_record(row, i))
+    with pytest.raises(DatasetFormatError, match=r"rows\.jsonl: row 3: TypeError: unhashable type"):
+        load_records("gsm8k", path)

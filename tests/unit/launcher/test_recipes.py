@@ -70,7 +70,7 @@ INVALID = [
     (["parallel.sequence_parallel=true", "parallel.tensor_model_parallel_size=2", "cluster.tasks_per_node=2"], "sequence_parallel"),
     (["data.dataset=gsm8k"], "data.train_path"),
     (["data.dataset=gsm8k", "data.train_path=/no/such/file.jsonl", "data.eval_path=/x", "tokenizer.kind=hf",
-      "tokenizer.path=/tmp"], "data.train_path=/no/such/file.jsonl"),
+      "tokenizer.path=/tmp", "reward.verifier=gsm8k", "sft.steps=0"], "data.train_path=/no/such/file.jsonl"),
     (["init.hf_checkpoint=/no/such/dir"], "init.hf_checkpoint"),
     (["reward.kind=reward_model"], "reward.reward_model_path"),
     (["cluster.backend=nccl"], "backend"),

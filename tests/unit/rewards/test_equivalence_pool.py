@@ -124,6 +124,28 @@ def test_duplicates_are_checked_once_and_cached(fake_worker):
         assert pool.stats.checks == 7 and pool.stats.cache_hits == 1
 
 
+def test_a_timeout_is_cached_per_pair_until_a_longer_timeout(fake_worker):
+    """A repeated hanging answer costs one timeout, not one per response."""
+    with MathEquivalencePool(num_workers=1, timeout_s=0.3) as pool:
+        first = pool.check("1", "hang")
+        assert first.status is EquivStatus.TIMEOUT and pool.stats.kills == 1
+        results = pool.check_many([("1", "hang")] * 4 + [("2", "2")])
+        assert [r.status for r in results] == [EquivStatus.TIMEOUT] * 4 + [EquivStatus.EQUAL]
+        assert (pool.stats.kills, pool.stats.cached_timeouts, pool.stats.cache_hits) == (1, 4, 4)
+        assert pool.check("1", "hang", timeout_s=0.2).status is EquivStatus.TIMEOUT  # shorter: still cached
+        assert pool.stats.kills == 1
+        assert pool.check("2", "hang").status is EquivStatus.TIMEOUT  # another pair is checked
+        assert pool.check("1", "hang", timeout_s=0.6).status is EquivStatus.TIMEOUT  # longer: tried again
+        assert (pool.stats.kills, pool.stats.cached_timeouts) == (3, 5)
+
+
+def test_crashes_are_not_cached(fake_worker):
+    with MathEquivalencePool(num_workers=1) as pool:
+        assert pool.check("1", "crash").status is EquivStatus.ERROR
+        assert pool.check("1", "crash").status is EquivStatus.ERROR
+        assert pool.stats.crashes == 2 and pool.stats.cache_hits == 0
+
+
 def test_close_stops_workers_and_refuses_new_work(fake_worker):
     pool = MathEquivalencePool(num_workers=2)
     pool.start()
