@@ -169,6 +169,10 @@ class ParallelConfig:
     """Megatron sequence parallelism (GPU only: needs the TE or Apex LayerNorm)."""
     use_distributed_optimizer: bool = False
     """Shard optimizer state over DP (GPU only: CUDA tensor-type checks)."""
+    recompute_activations: bool = False
+    """Full activation recompute: keep only each layer's input and recompute the layer in
+    backward (megatron-core ``recompute_granularity="full"``, ``recompute_method="uniform"``,
+    one layer per checkpoint). Trades about a third more compute for activation memory."""
     params_dtype: ParamsDtype = "float32"
     """Parameter dtype; bf16 on GPUs."""
     transformer_impl: TransformerImpl = "auto"
