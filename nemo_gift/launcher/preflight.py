@@ -8,7 +8,8 @@ GPU of each stage in three phases, prints the table, and refuses a recipe whose 
 
 Symbols: P = parameters on one GPU of the stage (from the meta build); w = bytes per parameter
 (2 for bf16); DP = world / (TP * PP); s = sequence length, ``data.max_prompt_length +
-rollout.max_new_tokens`` rounded up to the padding multiple (:func:`sequence_multiple`);
+rollout.max_new_tokens`` rounded up to ``parallel.sequence_multiple``
+(:func:`nemo_gift.models.policy.config.sequence_padding_multiple`);
 b = ``trainer.micro_batch_size``; h, f, L, V, a, g, d = hidden, FFN, layers, padded vocab,
 heads, KV heads, head dim; n = micro-batches per optimizer step on one DP rank; for stage k of
 PP, L_k = L / PP layers and m_k = min(PP - k, n) micro-batches in flight under 1F1B. Formulas
@@ -59,14 +60,6 @@ class StageEstimate:
         return max(self.phases, key=self.total)
 
 
-def sequence_multiple(parallel) -> int:
-    """The padding multiple of the sequence dimension: TP with sequence parallelism (megatron
-    scatters the sequence over the TP ranks), times 16 with FP8 (Transformer Engine's FP8 GEMMs
-    need the token dimension of each shard divisible by 8 and the inner one by 16)."""
-    sp = parallel.tensor_model_parallel_size if parallel.sequence_parallel else 1
-    return sp * (16 if parallel.fp8 is not None else 1)
-
-
 def layout(cfg) -> list[tuple[str, str]]:
     """The layout rules as (rule, value) rows; raises ConfigError on a broken one. Heads, KV
     heads, FFN and layers are checked by :meth:`ParallelConfig.validate_for` (at config load);
@@ -80,7 +73,7 @@ def layout(cfg) -> list[tuple[str, str]]:
     dp = cfg.cluster.world_size // (tp * pp)
     per_rank = t.mini_batch_prompts * G // dp
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    mult = sequence_multiple(p)
+    mult = p.sequence_multiple
     s = -(-s_raw // mult) * mult
     if s > m.max_position_embeddings:
         raise ConfigError(
@@ -226,7 +219,7 @@ def estimate(cfg, counts: dict[int, int]) -> list[StageEstimate]:
     p = cfg.parallel
     pp, w, dp = p.pipeline_model_parallel_size, _DTYPE_BYTES[p.params_dtype], _dp(cfg)
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    mult = sequence_multiple(p)
+    mult = p.sequence_multiple
     s = -(-s_raw // mult) * mult
     engine_params = sum(counts[k] * (pp - 2 if 0 < k < pp - 1 else 1) for k in counts)
     reward, reward_note = reward_model_bytes(cfg)
