@@ -30,6 +30,13 @@ def _pids_with(fragment: str) -> set[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+    except OSError:
+        return ""
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,10 +58,13 @@ def test_sigterm_to_the_launcher_leaves_no_rank(tmp_path):
     )
     try:
         config = str(run_dir / "config.yaml")
-        ranks = _wait_for(lambda: {p for p in _pids_with(config) if "torch.distributed.run" not in
-                                   Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore")}
-                          if len(_pids_with(config)) >= 3 else None, 300, "torchrun and its 2 ranks")
-        assert len(ranks) == 2, ranks
+
+        def ranks():  # the two workers torchrun started (exec'ed: their own command line)
+            found = {p for p in _pids_with(config) if _cmdline(p).split()[1:3] == ["-m", "nemo_gift.train"]
+                     or " -u -m nemo_gift.train " in _cmdline(p)}
+            return found if len(found) == 2 else None
+
+        assert len(_wait_for(ranks, 300, "torchrun's 2 ranks")) == 2
         launcher.send_signal(signal.SIGTERM)
         rc = launcher.wait(timeout=120)
         assert rc == 128 + signal.SIGTERM, launcher.stderr.read().decode()[-2000:]
