@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(slurm.render(cfg, run_dir, command), end="")
                 return 0
             with RunDirLock(run_dir):
+                slurm.refuse_live_job(cfg.cluster, run_dir)
                 write_run_config(cfg, run_dir)
                 job_id, log = slurm.submit(cfg, run_dir, command)
             print(f"submitted job {job_id}; log: {log}")

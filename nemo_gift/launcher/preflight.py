@@ -259,7 +259,8 @@ def _fix(term: str, cfg) -> str:
         return "set init.offload_reference=true"
     if "TRT-LLM" in term:
         return "lower rollout.trtllm_gpu_memory_fraction, or raise TP (the engine is not pipelined)"
-    return "raise parallel.pipeline_model_parallel_size (PP=2 halves the per-GPU state), or add nodes for DP"
+    return ("raise parallel.pipeline_model_parallel_size (PP=2 halves the per-GPU weights and gradients) "
+            "or parallel.tensor_model_parallel_size")
 
 
 def format_table(cfg, rows: list[tuple[str, str]], stages: list[StageEstimate]) -> str:

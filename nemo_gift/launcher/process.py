@@ -11,8 +11,9 @@ and forwards SIGINT/SIGTERM to it (torchrun forwards them to its workers and wai
 On Linux the launcher becomes a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so that a
 rank orphaned by a dying torchrun is re-parented to the launcher instead of PID 1, and the
 direct child gets ``PR_SET_PDEATHSIG=SIGTERM``, so that it is told if the launcher is killed.
-After the child exits, whatever descendants remain are sent SIGTERM, then SIGKILL after
-``grace_s``, and reaped, before :func:`run_ranks` returns.
+After the child exits, whatever descendants remain (children of the launcher it did not have
+before) are sent SIGTERM, then SIGKILL after ``grace_s``, and reaped, and the subreaper bit is
+restored, before :func:`run_ranks` returns.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -104,32 +106,37 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _reap() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+def _reap(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
-def sweep_descendants(grace_s: float) -> list[int]:
-    """SIGTERM every remaining child of this process, SIGKILL those alive after ``grace_s``;
-    returns the PIDs found. Needs the subreaper bit to see orphaned grandchildren."""
-    found = _children(os.getpid())
+def sweep_descendants(grace_s: float, keep: set[int]) -> list[int]:
+    """SIGTERM every child of this process not in ``keep`` (the children it had before the ranks
+    started), SIGKILL those alive after ``grace_s``; returns the PIDs found. Orphaned
+    grandchildren are among the children thanks to the subreaper bit."""
+    def strays() -> set[int]:
+        return set(_children(os.getpid())) - keep
+
+    found = strays()
     for pid in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        _reap()
-        if not _children(os.getpid()):
-            return found
+        _reap(found)
+        if not strays():
+            return sorted(found)
         time.sleep(0.1)
-    while left := _children(os.getpid()):  # killing one may re-parent its own children to us
+    while left := strays():  # killing one may re-parent its own children to us
+        found |= left
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-        _reap()
-    return found
+        _reap(left)
+    return sorted(found)
 
 
 def run_ranks(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
@@ -138,7 +145,12 @@ def run_ranks(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int
     A forwarded signal gives the child ``grace_s`` to stop its ranks; then its process group is
     killed. Returns the child's exit code, or ``128 + signal`` when the launcher was interrupted.
     """
+    was_subreaper = ctypes.c_int(0)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was_subreaper), 0, 0, 0)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    keep = set(_children(os.getpid()))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     received: list[tuple[int, float]] = []
 
@@ -160,7 +172,8 @@ def run_ranks(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
-        sweep_descendants(grace_s)
+        sweep_descendants(grace_s, keep)
+        _prctl(_PR_SET_CHILD_SUBREAPER, was_subreaper.value)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 + received[0][0] if received else proc.returncode

@@ -3,6 +3,7 @@
     executor = build_executor(cfg.cluster, job_name, run_dir)    # nemo_run.SlurmExecutor
     print(render(cfg, run_dir))                                  # --dry-run: NeMo-Run's sbatch script
     job_id, log = submit(cfg, run_dir)                           # sbatch through the tunnel
+    refuse_live_job(cfg.cluster, run_dir)                        # RUN_DIR's last job still queued?
 
 ``cluster.tunnel: local`` submits with this machine's ``sbatch`` (``nemo_run.LocalTunnel``, a
 login node); ``ssh`` submits from a workstation over ``nemo_run.SSHTunnel(host, user, job_dir,
@@ -41,6 +42,10 @@ from pathlib import Path
 
 from nemo_gift.config.convert import ConfigError
 from nemo_gift.launcher.cluster import ClusterConfig, check_value
+from nemo_gift.launcher.process import RunDirBusy
+
+JOB_FILE = ".slurm_job"
+"""``RUN_DIR/.slurm_job``: the id of the last job submitted into the run directory."""
 
 
 def require_nemo_run():
@@ -179,8 +184,29 @@ def submit(cfg, run_dir: Path, command: list[str] | None = None) -> tuple[str, P
         exp.run(detach=True)
         handle = exp.jobs[0].handle
     job_id = handle.rstrip("/").rsplit("/", 1)[-1]  # a torchx handle: slurm_tunnel://nemo_run/JOBID
+    (run_dir / JOB_FILE).write_text(job_id + "\n")
     job_name = cfg.cluster.job_name_prefix + cfg.name
     return job_id, run_dir / f"log-{job_name}_{job_id}_0.out"
+
+
+def refuse_live_job(cluster: ClusterConfig, run_dir: Path) -> None:
+    """Raise :class:`RunDirBusy` if the job recorded in ``RUN_DIR/.slurm_job`` is still known
+    to Slurm (``squeue`` through the tunnel lists it: pending, running, completing)."""
+    path = Path(run_dir) / JOB_FILE
+    job_id = path.read_text().strip() if path.is_file() else ""
+    if not job_id.isdigit():
+        return
+    nemo_run = require_nemo_run()
+    with _quiet_io():
+        tunnel = _tunnel(nemo_run, cluster, Path(run_dir))
+        tunnel.connect()
+        out = tunnel.run(f"squeue -h -j {job_id} -o %T", hide=True, warn=True)
+    state = (out.stdout or "").strip()
+    if state:
+        raise RunDirBusy(
+            f"run_dir {run_dir} is in use by Slurm job {job_id} ({state}); wait for it, scancel {job_id}, "
+            "or choose another run_dir"
+        )
 
 
 def _upload_config(tunnel, run_dir: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.launcher.process import RunDirBusy, RunDirLock, run_ranks
+from nemo_gift.launcher.process import RunDirBusy, RunDirLock
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -77,11 +77,20 @@ def test_sigterm_to_the_launcher_leaves_no_rank(tmp_path):
 
 
 def test_an_orphaned_grandchild_is_swept(tmp_path):
-    """A rank whose parent dies first is re-parented to the launcher (subreaper) and stopped."""
+    """A rank whose parent dies first is re-parented to the launcher (subreaper) and stopped;
+    the launcher's other children are left alone. Run in a fresh process, as the launcher is."""
     marker = tmp_path / "orphan-marker"
-    script = f"import subprocess,sys; subprocess.Popen([sys.executable,'-c','import time; time.sleep(600)','{marker}'])"
-    rc = run_ranks([sys.executable, "-c", script], dict(os.environ), grace_s=5)
-    assert rc == 0
+    code = f"""
+import os, subprocess, sys
+from nemo_gift.launcher.process import run_ranks, _children
+bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+rank = "import subprocess,sys; subprocess.Popen([sys.executable,'-c','import time; time.sleep(600)','{marker}'])"
+rc = run_ranks([sys.executable, "-c", rank], dict(os.environ), grace_s=5)
+print(rc, bystander.poll() is None and bystander.pid in _children(os.getpid()))
+bystander.kill()
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "True"], out.stderr[-2000:]
     assert not _pids_with(str(marker))
 
 

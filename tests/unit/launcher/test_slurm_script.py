@@ -9,6 +9,7 @@ import pytest
 
 from nemo_gift.config.convert import ConfigError
 from nemo_gift.launcher.main import load
+from nemo_gift.launcher.process import RunDirBusy
 
 pytest.importorskip("nemo_run", reason="Slurm submission goes through NeMo-Run: pip install -e .[slurm]")
 
@@ -23,7 +24,9 @@ def _sbatch_on_path(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "squeue").write_text('#!/bin/bash\n[[ " $* " == *" 42 "* ]] && echo RUNNING\nexit 0\n')
+    for name in ("sbatch", "squeue"):
+        (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
 
 
@@ -93,6 +96,17 @@ def test_local_tunnel_without_sbatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="sbatch, which is not on PATH"):
         _script(tmp_path)
+
+
+def test_a_run_dir_whose_slurm_job_is_queued_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cluster = load("gift_tiny", ["cluster=local_slurm"]).cluster
+    (run_dir / slurm.JOB_FILE).write_text("42\n")  # squeue (the stub) still lists job 42
+    with pytest.raises(RunDirBusy, match=r"in use by Slurm job 42 \(RUNNING\)"):
+        slurm.refuse_live_job(cluster, run_dir)
+    (run_dir / slurm.JOB_FILE).write_text("43\n")  # a finished job: squeue lists nothing
+    slurm.refuse_live_job(cluster, run_dir)
 
 
 def test_dry_run_prints_the_script_and_writes_nothing(tmp_path):
