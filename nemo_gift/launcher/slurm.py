@@ -60,9 +60,10 @@ def require_nemo_run():
     return nemo_run
 
 
-def check_submission(cluster: ClusterConfig, name: str, run_dir: Path) -> None:
+def check_submission(cluster: ClusterConfig, name: str, run_dir: Path, submitting: bool = True) -> None:
     """The values of a submission that are not cluster fields: the job name as it reaches the
-    script, the run directory, and a local ``sbatch`` where the tunnel needs one."""
+    script, the run directory, and (when ``submitting``, not for a dry run) a local ``sbatch``
+    where the tunnel needs one."""
     try:
         check_value("name", name, "job_name")
         check_value("cluster.job_name_prefix + name", cluster.job_name_prefix + name, "job_name")
@@ -74,7 +75,7 @@ def check_submission(cluster: ClusterConfig, name: str, run_dir: Path) -> None:
             f"run_dir={run_dir} contains '/nemo_run', which NeMo-Run rewrites in a script without a "
             "container (its RUNDIR_NAME); choose another run_dir"
         )
-    if cluster.tunnel == "local" and shutil.which("sbatch") is None:
+    if submitting and cluster.tunnel == "local" and shutil.which("sbatch") is None:
         raise ConfigError(
             "cluster.tunnel=local submits with this machine's sbatch, which is not on PATH: run on a "
             "Slurm login node, or set cluster.tunnel=ssh with cluster.ssh.host and cluster.ssh.user"
@@ -162,7 +163,7 @@ def _experiment(cfg, run_dir: Path, command: list[str]):
 def render(cfg, run_dir: Path, command: list[str] | None = None) -> str:
     """NeMo-Run's sbatch script for ``cfg`` (``--dry-run``); leaves nothing behind in ``run_dir``."""
     run_dir = Path(run_dir).resolve()
-    check_submission(cfg.cluster, cfg.name, run_dir)
+    check_submission(cfg.cluster, cfg.name, run_dir, submitting=False)
     existed = run_dir.exists()
     try:
         with _experiment(cfg, run_dir, command or train_command(cfg.cluster, run_dir)) as exp:
