@@ -164,14 +164,18 @@ def render(cfg, run_dir: Path, command: list[str] | None = None) -> str:
     """NeMo-Run's sbatch script for ``cfg`` (``--dry-run``); leaves nothing behind in ``run_dir``."""
     run_dir = Path(run_dir).resolve()
     check_submission(cfg.cluster, cfg.name, run_dir, submitting=False)
-    existed = run_dir.exists()
+    created = None if (run_dir / "experiments").exists() else run_dir / "experiments"
+    while created is not None and not created.parent.exists():  # the outermost new directory
+        created = created.parent
+    exp_dir = None
     try:
         with _experiment(cfg, run_dir, command or train_command(cfg.cluster, run_dir)) as exp:
+            exp_dir = Path(exp._exp_dir)
             exp.dryrun(log=False, delete_exp_dir=False)
-            scripts = sorted(Path(exp._exp_dir).glob("*_sbatch.sh"))
-            return scripts[0].read_text()
-    finally:
-        shutil.rmtree(run_dir if not existed else run_dir / "experiments", ignore_errors=True)
+            return next(exp_dir.glob("*_sbatch.sh")).read_text()
+    finally:  # earlier submissions' experiments stay
+        if created is not None or exp_dir is not None:
+            shutil.rmtree(created if created is not None else exp_dir, ignore_errors=True)
 
 
 def submit(cfg, run_dir: Path, command: list[str] | None = None) -> tuple[str, Path]:

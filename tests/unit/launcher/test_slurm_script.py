@@ -122,6 +122,16 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["bin"]  # the fixture's; nothing of the run
 
 
+def test_dry_run_keeps_earlier_submissions_and_removes_new_parents(tmp_path):
+    (tmp_path / "run" / "experiments" / "earlier").mkdir(parents=True)
+    _script(tmp_path)
+    assert (tmp_path / "run" / "experiments" / "earlier").is_dir()
+    assert not list((tmp_path / "run" / "experiments").glob("*/gift_qwen32b_*"))  # this dry run's own
+    cfg = load("gift_qwen32b", [f"run_dir={tmp_path}/new/deep/run"])
+    slurm.render(cfg, Path(cfg.run_dir))
+    assert not (tmp_path / "new").exists()
+
+
 def test_launcher_reports_config_errors_with_exit_code_2(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", "rollout.group_size=1"],
