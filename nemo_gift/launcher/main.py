@@ -131,5 +131,5 @@ def main(argv: list[str] | None = None) -> int:
         with RunDirLock(run_dir):
             return run_local(cfg, write_run_config(cfg, run_dir))
     except (ConfigError, RunDirBusy) as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"{'config error' if isinstance(err, ConfigError) else 'error'}: {err}", file=sys.stderr)
         return 2
