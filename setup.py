@@ -27,6 +27,11 @@ which the Makefile and CI use.
   transformers<=4.52, which conflicts with the range above, so the extra takes the bare
   packages: the NeMo image supplies the nlp collection's dependencies, and on a bare CPU
   machine ``scripts/install_aligner_env.sh`` builds a separate venv (``make test-aligner``).
+- ``slurm`` extra: Slurm submission goes through NeMo-Run (``nemo_gift/launcher/slurm.py``). It is
+  needed only where jobs are submitted from (a login node or a workstation), never in the
+  training image, so it is an extra rather than a requirement: about 90 packages (torchx,
+  fiddle, fabric/paramiko, leptonai). ``leptonai<0.47``: nemo-run 0.11.1 imports
+  ``leptonai.api.v1``, which 0.47 removed. The Makefile and CI install it (the Slurm tests).
 """
 
 from setuptools import find_packages, setup
@@ -50,6 +55,7 @@ EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
     "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1", "ray>=2.48,<3"],
     "aligner": ["nemo-toolkit==2.4.1", "nemo-aligner==0.7.0"],
+    "slurm": ["nemo-run>=0.11.1,<0.12", "leptonai>=0.26,<0.47"],
 }
 
 setup(

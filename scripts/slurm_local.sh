@@ -5,6 +5,8 @@
 #   scripts/slurm_local.sh stop
 #   export SLURM_CONF=${SLURM_LOCAL_DIR:-/tmp/nemo_gift_slurm}/slurm.conf   # then sbatch/srun/sinfo work
 #
+# SLURM_LOCAL_DIR, SLURMCTLD_PORT (6817) and SLURMD_PORT (6818) let two clusters share a machine.
+#
 # One node, localhost at 127.0.0.1, partition "debug", authentication and credentials off
 # (auth/none, cred/none): a test cluster reachable from this machine only. Needs root.
 set -euo pipefail
@@ -26,6 +28,8 @@ write_conf() {
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
   cat > "$CONF" <<CONF
 ClusterName=nemo_gift_local
+SlurmctldPort=${SLURMCTLD_PORT:-6817}
+SlurmdPort=${SLURMD_PORT:-6818}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root

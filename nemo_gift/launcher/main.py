@@ -1,4 +1,4 @@
-"""``python launcher/run.py conf=NAME [key=value ...] [--dry-run]``: parse, validate, run.
+"""``python launcher/run.py conf=NAME [key=value ...] [--dry-run] [--preflight]``: parse, validate, run.
 
 1. parse: ``conf=NAME`` picks ``conf/NAME.yaml``; every other ``key=value`` is a Hydra
    override (``cluster=local_slurm`` picks a group option, ``trainer.lr=1e-6`` sets a value).
@@ -7,24 +7,29 @@
    model, batch arithmetic, paths, registries, extras) before any process starts; a resume is
    compared with its checkpoint's config (:mod:`nemo_gift.config.resume`).
 3. set up: the resolved config is written to ``RUN_DIR/config.yaml``; every rank reads it.
-4. run: the ``local`` executor runs the job here (one process, or N ranks through torchrun);
-   ``slurm`` writes ``RUN_DIR/sbatch.sh`` and submits it, or only prints it with ``--dry-run``.
+4. preflight (:mod:`nemo_gift.launcher.preflight`): the layout rules and the per-GPU memory
+   estimate; a recipe over ``cluster.gpu_memory_gb`` is refused. ``--preflight`` stops here.
+5. run: the ``local`` executor runs the job here (one process, or N ranks through torchrun),
+   holding ``RUN_DIR/.lock`` and forwarding SIGINT/SIGTERM (:mod:`nemo_gift.launcher.process`);
+   ``slurm`` submits through NeMo-Run (:mod:`nemo_gift.launcher.slurm`), or only prints
+   NeMo-Run's script with ``--dry-run``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from nemo_gift.config.convert import ConfigError
+from nemo_gift.launcher.process import RunDirBusy, RunDirLock, run_ranks
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
-    """Split ``argv`` into (recipe name, Hydra overrides, dry_run)."""
+    """Split ``argv`` into (recipe name, Hydra overrides, dry_run); ``--preflight`` is taken
+    out first by :func:`nemo_gift.launcher.preflight.pop_flag`."""
     name, overrides, dry_run = None, [], False
     for arg in argv:
         if arg in ("--dry-run", "--dry_run"):
@@ -32,7 +37,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
         elif arg.startswith("conf="):
             name = arg.split("=", 1)[1]
         elif arg.startswith("-"):
-            raise ConfigError(f"unknown option {arg!r}; usage: run.py conf=NAME [key=value ...] [--dry-run]")
+            raise ConfigError(f"unknown option {arg!r}; usage: run.py conf=NAME [key=value ...] [--dry-run] [--preflight]")
         elif "=" in arg:
             overrides.append(arg)
         else:
@@ -91,36 +96,44 @@ def run_local(cfg, config_path: Path) -> int:
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
             f"--nproc-per-node={world}", "-m", "nemo_gift.train", "--config", str(config_path),
         ]
-    return subprocess.run(cmd, env=env, check=False).returncode
+    return run_ranks(cmd, env)
 
 
 def main(argv: list[str] | None = None) -> int:
     from nemo_gift.config.resume import plan_resume
     from nemo_gift.config.schema import write_run_config
-    from nemo_gift.launcher import slurm
+    from nemo_gift.launcher import preflight, slurm
 
+    argv, preflight_only = preflight.pop_flag(sys.argv[1:] if argv is None else argv)
     try:
-        name, overrides, dry_run = parse_argv(sys.argv[1:] if argv is None else argv)
+        name, overrides, dry_run = parse_argv(argv)
         cfg = load(name, overrides)
         if cfg.job == "train":
             plan_resume(cfg)  # a resume that would change the trajectory is refused before anything is written
+        preflight.check(cfg, print_table=preflight_only or not dry_run)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if preflight_only:
+        return 0
     run_dir = Path(cfg.run_dir).resolve()
-    if cfg.cluster.executor == "slurm":
-        command = cfg.export.command(cfg.cluster.python) if cfg.job == "export" else None
-        script = slurm.render_sbatch(cfg.cluster, cfg.name, run_dir, run_dir / "config.yaml", command)
-        if dry_run:
-            print(script, end="")
+    try:
+        if cfg.cluster.executor == "slurm":
+            command = cfg.export.command(cfg.cluster.python) if cfg.job == "export" else None
+            if dry_run:
+                print(slurm.render(cfg, run_dir, command), end="")
+                return 0
+            with RunDirLock(run_dir):
+                slurm.refuse_live_job(cfg.cluster, run_dir)
+                write_run_config(cfg, run_dir)
+                job_id, log = slurm.submit(cfg, run_dir, command)
+            print(f"submitted job {job_id}; log: {log}")
             return 0
-        config_path = write_run_config(cfg, run_dir)
-        script_path = run_dir / "sbatch.sh"
-        script_path.write_text(script)
-        job_id = slurm.submit(script_path)
-        print(f"submitted job {job_id}; log: {run_dir / f'slurm-{job_id}.out'}")
-        return 0
-    if dry_run:
-        print(f"would run {cfg.name} locally on {cfg.cluster.world_size} rank(s) in {run_dir}")
-        return 0
-    return run_local(cfg, write_run_config(cfg, run_dir))
+        if dry_run:
+            print(f"would run {cfg.name} locally on {cfg.cluster.world_size} rank(s) in {run_dir}")
+            return 0
+        with RunDirLock(run_dir):
+            return run_local(cfg, write_run_config(cfg, run_dir))
+    except (ConfigError, RunDirBusy) as err:
+        print(f"{'config error' if isinstance(err, ConfigError) else 'error'}: {err}", file=sys.stderr)
+        return 2

@@ -67,8 +67,16 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
+        **_recompute_kwargs(parallel),
         **te_spec.fp8_kwargs(parallel.fp8),
     )
+
+
+def _recompute_kwargs(parallel: ParallelConfig) -> dict:
+    """megatron-core's full, uniform recompute of every layer, when ``parallel`` asks for it."""
+    if not parallel.recompute_activations:
+        return {}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
 
 
 def layer_spec(model: ModelConfig, parallel: ParallelConfig | None = None):

@@ -114,6 +114,14 @@ class ModelConfig:
         return -(-self.vocab_size // multiple) * multiple
 
 
+def sequence_padding_multiple(tp: int, sequence_parallel: bool, fp8: bool) -> int:
+    """What the sequence length of a batch must be a multiple of: TP with sequence parallelism
+    (megatron-core scatters the sequence dimension over the TP ranks), times 16 with FP8
+    (Transformer Engine's FP8 GEMMs need each shard's token dimension divisible by 8 and the
+    inner one by 16; NeMo pads FP8 sequences to 16 as well)."""
+    return (tp if sequence_parallel else 1) * (16 if fp8 else 1)
+
+
 @dataclasses.dataclass
 class Fp8Config:
     """FP8 training through Transformer Engine (GPU only), mapped onto megatron-core's
@@ -175,6 +183,10 @@ class ParallelConfig:
     """Megatron sequence parallelism (GPU only: needs the TE or Apex LayerNorm)."""
     use_distributed_optimizer: bool = False
     """Shard optimizer state over DP (GPU only: CUDA tensor-type checks)."""
+    recompute_activations: bool = False
+    """Full activation recompute: keep only each layer's input and recompute the layer in
+    backward (megatron-core ``recompute_granularity="full"``, ``recompute_method="uniform"``,
+    one layer per checkpoint). Trades about a third more compute for activation memory."""
     params_dtype: ParamsDtype = "float32"
     """Parameter dtype; bf16 on GPUs."""
     transformer_impl: TransformerImpl = "auto"
@@ -201,6 +213,11 @@ class ParallelConfig:
             te_spec.require_transformer_engine(what)
         if self.fp8 is not None and self.transformer_impl == "local":
             raise ValueError("parallel.fp8 needs the Transformer Engine layers; set parallel.transformer_impl to auto")
+
+    @property
+    def sequence_multiple(self) -> int:
+        """See :func:`sequence_padding_multiple`."""
+        return sequence_padding_multiple(self.tensor_model_parallel_size, self.sequence_parallel, self.fp8 is not None)
 
     def validate_for(self, model: ModelConfig, world_size: int | None = None, cuda: bool = True):
         """Check the layout against a model and a world size; raise naming the key."""
