@@ -160,28 +160,38 @@ def logits_bytes(cfg, s: int) -> float:
 
 
 def kv_bytes_per_token(cfg) -> float:
-    """KV cache of one token on one GPU: ``2 (K, V) * L * g/TP * d * w`` (the engine is not
-    pipelined: it holds every layer)."""
+    """KV cache of one token on one GPU: ``2 (K, V) * L * g/TP_e * d * w``. The engine holds
+    every layer; ``TP_e`` is its tensor-parallel size: TP for the torch engine (the policy's own
+    model), TP x PP for TensorRT-LLM (one engine GPU per rank of a replica,
+    :func:`~nemo_gift.models.generation.trtllm_runtime.engine_tensor_parallel_size`)."""
     m, p = cfg.model, cfg.parallel
-    return 2 * m.num_layers * m.query_groups / p.tensor_model_parallel_size * m.head_dim * _DTYPE_BYTES[p.params_dtype]
+    return 2 * m.num_layers * m.query_groups / _engine_tp(cfg) * m.head_dim * _DTYPE_BYTES[p.params_dtype]
+
+
+def _engine_tp(cfg) -> int:
+    if cfg.rollout.engine == "torch":
+        return cfg.parallel.tensor_model_parallel_size
+    from nemo_gift.models.generation.trtllm_runtime import engine_tensor_parallel_size
+
+    return engine_tensor_parallel_size(cfg.parallel)
 
 
 def rollout_terms(cfg, engine_params: int, static: float, s_raw: int) -> list[Term]:
     """The rollout engine while it generates. ``torch``: the policy's own weights, and a KV
     cache for the rank's B/DP prompts x G responses of s tokens. ``trtllm``: its own copy of the
-    weights at TP (``w * P_model/TP``) and a KV cache of ``trtllm_gpu_memory_fraction`` of the
+    weights over TP x PP GPUs (``w * P_model/(TP*PP)``) and a KV cache of ``trtllm_gpu_memory_fraction`` of the
     memory still free when it wakes (TensorRT-LLM's ``free_gpu_memory_fraction``); both are
     released (sleep) while the policy trains."""
     w = _DTYPE_BYTES[cfg.parallel.params_dtype]
     if cfg.rollout.engine == "torch":
         seqs = cfg.trainer.prompts_per_step // _dp(cfg) * cfg.rollout.group_size
         return [Term("KV cache (torch engine)", seqs * s_raw * kv_bytes_per_token(cfg), f"{seqs} seqs x {s_raw} tokens")]
-    weights = w * engine_params
+    weights = w * engine_params / cfg.parallel.pipeline_model_parallel_size  # P_model/TP over PP more GPUs
     cap = cfg.cluster.gpu_memory_gb
     frac = cfg.rollout.trtllm_gpu_memory_fraction
     free = max(0.0, cap * GIB - RESERVE_GIB * GIB - static - weights) if cap else 0.0
     tokens = int(frac * free / kv_bytes_per_token(cfg))
-    return [Term("rollout engine weights (TRT-LLM)", weights, f"{w} B x P_model/TP"),
+    return [Term("rollout engine weights (TRT-LLM)", weights, f"{w} B x P_model/(TP*PP)"),
             Term("KV cache (TRT-LLM)", frac * free,
                  f"{frac:.0%} of free memory: {tokens} tokens = {tokens // s_raw} sequences of {s_raw}")]
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shlex
 import shutil
 import sys
@@ -139,14 +140,51 @@ def train_command(cluster: ClusterConfig, run_dir: Path) -> list[str]:
 @contextlib.contextmanager
 def _quiet_io():
     """NeMo-Run's shell commands (``invoke``) read stdin, and its console prints a banner: give
-    them an empty stdin and keep stdout for the launcher's own output."""
-    stdin = sys.stdin
+    them an empty stdin and keep stdout for the launcher's own output. ``Experiment`` also
+    reconfigures the root logger (``logging.basicConfig(force=True)`` in
+    ``nemo_run/core/frontend/console/api.py`` ``configure_logging``: its level and a RichHandler),
+    which would silence the launcher's own warnings afterwards; the root logger is restored."""
+    root = logging.getLogger()
+    stdin, level, handlers = sys.stdin, root.level, list(root.handlers)
     sys.stdin = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         sys.stdin = stdin
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
+_QUIET_EXPERIMENT = None
+
+
+def __getattr__(name: str):
+    """``QuietExperiment``: ``nemo_run.Experiment`` whose ``__del__`` keeps its cleanup but not
+    its ``deconfigure_logging()``, which removes the root logger's first handler whenever the
+    object is collected (``nemo_run/run/experiment.py``, ``Experiment.__del__``): one of the
+    caller's handlers, long after :func:`_quiet_io` restored them. Built on first use, so that
+    importing this module needs no NeMo-Run; a module attribute, because NeMo-Run saves an
+    experiment by the import path of its class."""
+    global _QUIET_EXPERIMENT
+    if name != "QuietExperiment":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _QUIET_EXPERIMENT is None:
+        class QuietExperiment(require_nemo_run().Experiment):
+            def __del__(self):
+                try:
+                    self._cleanup()
+                except Exception:  # noqa: BLE001 - as NeMo-Run's own __del__: never raise at collection
+                    pass
+
+        QuietExperiment.__module__, QuietExperiment.__qualname__ = __name__, "QuietExperiment"
+        _QUIET_EXPERIMENT = QuietExperiment
+    return _QUIET_EXPERIMENT
 
 
 @contextlib.contextmanager
@@ -154,7 +192,7 @@ def _experiment(cfg, run_dir: Path, command: list[str]):
     nemo_run = require_nemo_run()
     executor = build_executor(cfg.cluster, run_dir)
     with _quiet_io():
-        with nemo_run.Experiment(cfg.name, executor=executor, base_dir=str(run_dir), log_level="ERROR",
+        with __getattr__("QuietExperiment")(cfg.name, executor=executor, base_dir=str(run_dir), log_level="ERROR",
                                  enable_goodbye_message=False, skip_status_at_exit=True) as exp:
             exp.add(_task(nemo_run, command), executor=executor, name=cfg.name)
             yield exp

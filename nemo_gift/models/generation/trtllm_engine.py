@@ -81,7 +81,9 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import torch
 
 from nemo_gift.models.generation.interfaces import GenerationOutput, HFWeights, SamplingConfig
-from nemo_gift.models.generation.trtllm_runtime import RefitTransport, ReplicaGroup, default_transport, owner_env
+from nemo_gift.models.generation.trtllm_runtime import (
+    RefitTransport, ReplicaGroup, default_transport, engine_tensor_parallel_size, owner_env,
+)
 from nemo_gift.models.policy.config import ModelConfig
 from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
@@ -271,7 +273,7 @@ def config_from_run(run_cfg, tokenizer_dir: str | None = None) -> TrtllmConfig:
             json.dump(model_config_to_hf_config(run_cfg.model, dtype=run_cfg.parallel.params_dtype), f)
     return TrtllmConfig(
         model_dir=model_dir, load_format=load_format, tokenizer_dir=tokenizer_dir,
-        tensor_parallel_size=run_cfg.parallel.tensor_model_parallel_size * run_cfg.parallel.pipeline_model_parallel_size,
+        tensor_parallel_size=engine_tensor_parallel_size(run_cfg.parallel),
         dtype=run_cfg.parallel.params_dtype,
         max_seq_len=run_cfg.model.max_position_embeddings,
         kv_cache_free_gpu_memory_fraction=run_cfg.rollout.trtllm_gpu_memory_fraction,

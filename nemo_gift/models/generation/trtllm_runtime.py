@@ -82,6 +82,13 @@ def is_cpu_double() -> bool:
     return Path(spec.origin).resolve().parent.parent == _double_root().resolve()
 
 
+def engine_tensor_parallel_size(parallel) -> int:
+    """GPUs of one engine: every rank of a policy replica (TP x PP of ``parallel``, a
+    ``ParallelConfig``) holds one engine GPU, and TensorRT-LLM shards the whole model over them
+    with tensor parallelism (its engine is not pipelined here)."""
+    return parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size
+
+
 def config_problems(cfg, cuda: bool) -> list[str]:
     """What stops ``rollout.engine=trtllm`` for this run config (``RunConfig``); empty when it
     can run. The real TensorRT-LLM needs CUDA GPUs on a local run; the CPU test double does not
@@ -94,7 +101,7 @@ def config_problems(cfg, cuda: bool) -> list[str]:
                         "--extra-index-url https://pypi.nvidia.com")
     elif local and not cuda and not is_cpu_double():
         problems.append("rollout.engine=trtllm needs CUDA GPUs; use rollout.engine=torch on CPU")
-    group = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
+    group = engine_tensor_parallel_size(cfg.parallel)
     if cfg.cluster.executor == "slurm":
         if group > cfg.cluster.tasks_per_node:
             problems.append(

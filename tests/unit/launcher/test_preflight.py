@@ -29,11 +29,12 @@ def qwen25_32b_per_gpu(tp: int, layers: int, first: bool, last: bool) -> int:
 def test_meta_build_counts_match_the_architecture():
     cfg = load("gift_qwen32b", [])
     assert stage_parameter_counts(cfg.model, cfg.parallel) == {0: qwen25_32b_per_gpu(8, 64, True, True)}
-    pp4 = load("gift_qwen32b", ["parallel.pipeline_model_parallel_size=4"])
+    # TP=2 x PP=4: a replica of 8 GPUs, one node (a TensorRT-LLM engine spans one replica)
+    pp4 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=4"])
     counts = stage_parameter_counts(pp4.model, pp4.parallel)
     assert distinct_stages(4) == [0, 1, 3]
-    assert counts == {0: qwen25_32b_per_gpu(8, 16, True, False), 1: qwen25_32b_per_gpu(8, 16, False, False),
-                      3: qwen25_32b_per_gpu(8, 16, False, True)}
+    assert counts == {0: qwen25_32b_per_gpu(2, 16, True, False), 1: qwen25_32b_per_gpu(2, 16, False, False),
+                      3: qwen25_32b_per_gpu(2, 16, False, True)}
     tp1 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=1", "cluster.nodes=1", "cluster.tasks_per_node=1",
                                 "cluster.gpus_per_node=1", "trainer.micro_batch_size=4",
                                 "parallel.sequence_parallel=false"])
@@ -71,7 +72,14 @@ def test_every_recipe_passes_preflight_and_prints_its_table(name, capsys):
 
 def test_h200_cluster_and_pipeline_parallel_variant_pass():
     assert load("gift_qwen32b", ["cluster=dgx_h200"]).cluster.gpu_memory_gb == 141
-    preflight.check(load("gift_qwen32b", ["parallel.pipeline_model_parallel_size=2"]), print_table=False)
+    pp2 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=4", "parallel.pipeline_model_parallel_size=2"])
+    (first, last) = preflight.check(pp2, print_table=False)
+    # TensorRT-LLM shards its copy over all TP x PP = 8 GPUs of the replica, so it weighs what the
+    # TP=8 recipe's does, and it holds every layer's KV heads: 8 query groups / 8 GPUs.
+    P_model = sum(stage_parameter_counts(pp2.model, pp2.parallel).values())
+    engine = {t.name: t.bytes for t in last.phases["rollout"]}["rollout engine weights (TRT-LLM)"]
+    assert engine == 2 * P_model / 2
+    assert preflight.kv_bytes_per_token(pp2) == 2 * 64 * 1 * 128 * 2
 
 
 def _launch(*args):

@@ -140,3 +140,14 @@ def test_launcher_reports_config_errors_with_exit_code_2(tmp_path):
     )
     assert out.returncode == 2
     assert "config error: rollout.group_size=1" in out.stderr
+
+
+def test_rendering_leaves_the_callers_logging_alone(tmp_path):
+    """NeMo-Run's Experiment forces its own root-logger level and handler; the launcher's warnings
+    (e.g. a resume with a changed config) must still reach the user afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    _script(tmp_path)
+    assert root.level == level and root.handlers == handlers
