@@ -12,11 +12,12 @@ rules:
   obsolete by an upgrade fails its test and names itself.
 - A patch can be switched off with ``NEMO_GIFT_ALIGNER_CPU_COMPAT_SKIP=name1,name2``.
 
-Patches that megatron-core 0.13.1 (the release NeMo 2.4.1 was built against,
-``containers/aligner-stack.txt``) makes unnecessary are not here: with megatron-core 0.16.1 NeMo
-2.4.1 also failed on a removed ``tensorstore`` strategy, a removed
-``set_pipeline_model_parallel_split_rank``, the context-parallel groups needed at model
-construction and the "Inference must always gather TP logits" assert. None of those is a CPU issue.
+No patch here works around the pairing of NeMo and megatron-core. The stack pins megatron-core
+0.13.1, the release NeMo 2.4.1 was built against (``containers/aligner-stack.txt``). With 0.16.1, NeMo 2.4.1 failed on things no CPU patch
+should paper over: a removed ``tensorstore`` strategy, a removed
+``set_pipeline_model_parallel_split_rank``, and the "Inference must always gather TP logits"
+assert. One 0.13 requirement remains, the model-parallel groups at model construction, and it is
+met by ``build.initialize_parallel_state`` on GPUs as on CPU, not by a patch.
 
 Call :func:`apply` after ``nemo_gift.distributed.cpu_compat.apply()`` and before the Lightning
 trainer is built. It imports NeMo and Aligner (about 20 s on 2 cores), and needs the
