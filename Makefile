@@ -35,7 +35,7 @@ test-all: install
 	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
 
 # NeMo-Aligner 0.7.0 + nemo-toolkit 2.4.1 in their own venv (docs/nemo-aligner.md): 6-17 min, 2.6 GB.
-$(ALIGNER_VENV)/.installed: scripts/install_aligner_env.sh setup.py
+$(ALIGNER_VENV)/.installed: scripts/install_aligner_env.sh containers/aligner-stack.txt setup.py
 	rm -rf $(ALIGNER_VENV)
 	PYTHON=$(PYTHON) bash scripts/install_aligner_env.sh $(ALIGNER_VENV)
 	touch $@

@@ -56,6 +56,15 @@ from nemo_gift.integrations.nemo_aligner.rollout import GIFT_BATCH_KEYS, check_w
 __all__ = ["MegatronGPTGiftActorModel"]
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live: the device a micro-batch is moved to.
+
+    A module-level function, not a method: Lightning sets ``self._device`` (a ``torch.device``) on
+    every LightningModule, so a method of that name on the actor would be shadowed by it.
+    """
+    return next(model.parameters()).device
+
+
 class MegatronGPTGiftActorModel(MegatronGPTReinforceActorModel):
     """NeMo-Aligner actor trained with the GIFT loss (spec Eq. 12); see the module docstring."""
 
@@ -64,9 +73,6 @@ class MegatronGPTGiftActorModel(MegatronGPTReinforceActorModel):
         self.gift = gift_actor_config(cfg)
 
     # ---------------------------------------------------------------- log-probs (inference)
-    def _device(self, model) -> torch.device:
-        return next(model.parameters()).device
-
     def get_logprob_output_only_func(self, inference_only: bool = True):
         """megatron-core forward step for the rollout and reference log-probs: the micro-batch
         ``[tokens, attention_mask, position_ids]`` (from ``get_inference_log_probs``) through
@@ -74,7 +80,7 @@ class MegatronGPTGiftActorModel(MegatronGPTReinforceActorModel):
         chunk = self.gift.logprob_chunk_size
 
         def forward_step(data_iterator, model):
-            tokens, attention_mask, position_ids = (t.to(self._device(model)) for t in next(data_iterator))
+            tokens, attention_mask, position_ids = (t.to(model_device(model)) for t in next(data_iterator))
             logits = model(tokens, position_ids, attention_mask, labels=None)  # [b, S, V/TP] on the last stage
 
             def collect(logits_shard, non_loss_data=True):
@@ -93,7 +99,7 @@ class MegatronGPTGiftActorModel(MegatronGPTReinforceActorModel):
         config, chunk = self.gift.loss, self.gift.logprob_chunk_size
 
         def forward_step(data_iterator, model):
-            device = self._device(model)
+            device = model_device(model)
             batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iterator).items()}
             logits = model(batch["response_tokens"], batch["position_ids"], batch["attention_mask"], labels=None)
 

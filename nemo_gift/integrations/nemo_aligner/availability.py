@@ -16,8 +16,8 @@ from typing import Optional
 __all__ = ["INSTALL_HINT", "aligner_unavailable_reason", "require_aligner"]
 
 INSTALL_HINT = (
-    "install the 'aligner' extra in a NeMo 2.4-era container (pip install -e '.[aligner]', "
-    "containers/Dockerfile.aligner), or a CPU test venv with bash scripts/install_aligner_env.sh"
+    "build containers/Dockerfile.aligner (a NeMo 2.4-era image with containers/aligner-stack.txt), "
+    "or a CPU test venv with bash scripts/install_aligner_env.sh (make test-aligner)"
 )
 
 _CHAIN = (

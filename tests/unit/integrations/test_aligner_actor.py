@@ -6,14 +6,12 @@ installed (the main venv, the default CI job) the module is skipped with that re
 
 NeMo-Aligner's actor modules import tensorrt_llm, pytriton, mpi4py and tensorrt at import time;
 none installs on CPU. ``_aligner_shims.install()`` (test-only, see its docstring) registers
-placeholders for them. What is NOT executed here, and why:
-- ``MegatronGPTModel.__init__`` (Lightning trainer, NLPDDPStrategy, NeMo's model provider,
-  CUDA): the actor is built with ``__new__`` around a real megatron-core GPTModel
-  (``_aligner_ranks`` docstring);
-- ``infer`` (NeMo's text generation and TensorRT-LLM) and the TRT-LLM refit/free hooks of
-  ``prepare_for_inference``/``finish_inference``: TensorRT-LLM needs a GPU;
-- ``GiftTrainer.fit`` end to end: it needs the reward-model server (PyTriton), the dataloaders
-  and NeMo's optimizer setup from a trained NeMo checkpoint.
+placeholders for them. Here the actor is built with ``__new__`` around a real megatron-core
+GPTModel (``_aligner_ranks`` docstring), to compare its loss, gradients and log-probs with
+nemo_gift's at TP=2. NeMo's own constructor, Aligner's generation and ``GiftTrainer.fit`` run end to
+end in ``test_aligner_fit.py``. Not executed anywhere on CPU: the TRT-LLM refit/free hooks of
+``prepare_for_inference``/``finish_inference`` (TensorRT-LLM needs a GPU; only their signatures are
+checked below).
 """
 
 import importlib.util
@@ -152,23 +150,32 @@ def test_trt_llm_refit_hooks_match_the_nemo_exporter_they_call():
     assert "trtllm_generate.refit(self.model)" in src
 
 
-def test_trainer_refuses_a_kl_penalty_and_prepares_gift_data():
+@pytest.mark.parametrize("baseline", [None, "reference", "old_policy"])
+def test_trainer_refuses_a_kl_penalty_and_prepares_gift_data(baseline):
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
 
+    from nemo_gift.algorithms import GiftLossConfig, ImplicitBaseline
     from nemo_gift.integrations.nemo_aligner.loss import GiftActorConfig
     from nemo_gift.integrations.nemo_aligner.rollout import GIFT_BATCH_KEYS
 
     cfg = OmegaConf.create({"initial_policy_kl_penalty": 0.01, "num_rollouts_per_prompt": 4, "model_gbs": 16, "model_mbs": 8})
     with pytest.raises(ValueError, match="initial_policy_kl_penalty=0.01"):
         GiftTrainer(cfg, None)
+    gift = GiftActorConfig() if baseline is None else GiftActorConfig(loss=GiftLossConfig(implicit_baseline=baseline))
+    # None: the default, pi_old (docs/gift-math.md section 4; the recipe's old_policy).
+    expected_baseline = ImplicitBaseline.OLD_POLICY if baseline is None else ImplicitBaseline(baseline)
+    assert gift.loss.implicit_baseline is expected_baseline
     trainer = GiftTrainer.__new__(GiftTrainer)  # Aligner's constructor needs dataloaders; the hook does not
-    trainer.model = SimpleNamespace(gift=GiftActorConfig())
-    trainer.group_size, trainer.implicit_baseline = _aligner_ranks.G, trainer.model.gift.loss.implicit_baseline
+    trainer.model = SimpleNamespace(gift=gift)
+    trainer.group_size, trainer.implicit_baseline = _aligner_ranks.G, gift.loss.implicit_baseline
     rb = _aligner_ranks.aligner_style_rollout(seed=5)
     data, metrics = trainer.generate_reinforce_data(rb)
-    expected, expected_metrics = build_gift_rollout_data(rb, _aligner_ranks.G, "reference")
+    expected, expected_metrics = build_gift_rollout_data(rb, _aligner_ranks.G, expected_baseline)
     assert set(data) == set(GIFT_BATCH_KEYS)
     assert all(torch.equal(data[k], expected[k]) for k in GIFT_BATCH_KEYS)
+    source = rb["init_logprobs"] if expected_baseline is ImplicitBaseline.REFERENCE else rb["logprobs"]
+    order, _ = group_by_prompt(rb["prompt_tokens"], rb["prompt_lengths"], _aligner_ranks.G)
+    assert torch.equal(data["baseline_logprobs"], source.float()[order])
     assert metrics == expected_metrics and metrics["zero_explicit_std_frac"] == 0.25

@@ -61,4 +61,4 @@ def test_availability_reason_names_what_to_install():
     assert "nemo" in reason
     with pytest.raises(ImportError, match="scripts/install_aligner_env.sh"):
         require_aligner()
-    assert "[aligner]" in INSTALL_HINT
+    assert "containers/Dockerfile.aligner" in INSTALL_HINT and "make test-aligner" in INSTALL_HINT
