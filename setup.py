@@ -22,11 +22,11 @@ which the Makefile and CI use.
   not depend on Ray itself. TensorRT-LLM is not installable from PyPI (the ``tensorrt-llm`` package there
   is a stub that downloads from NVIDIA's index at build time). Install it with
   ``pip install -e .[gpu] --extra-index-url https://pypi.nvidia.com``, as containers/Dockerfile does.
-- ``aligner`` extra: nemo-aligner 0.7.0 (its last release) imports ``nemo.collections.nlp``,
-  which exists only up to nemo-toolkit 2.4.1 (3.0 is speech-only). ``nemo-toolkit[nlp]`` pins
-  transformers<=4.52, which conflicts with the range above, so the extra takes the bare
-  packages: the NeMo image supplies the nlp collection's dependencies, and on a bare CPU
-  machine ``scripts/install_aligner_env.sh`` builds a separate venv (``make test-aligner``).
+- No ``aligner`` extra: NeMo-Aligner 0.7.0 (its last release) needs nemo-toolkit 2.4.1 (the last
+  with ``nemo.collections.nlp``), which runs only with megatron-core 0.13.x, below this package's
+  own range. The lane's versions live in ``containers/aligner-stack.txt``, installed with
+  ``--no-deps`` into a separate venv by ``scripts/install_aligner_env.sh`` (``make test-aligner``)
+  and into ``containers/Dockerfile.aligner`` (docs/nemo-aligner.md).
 - ``slurm`` extra: Slurm submission goes through NeMo-Run (``nemo_gift/launcher/slurm.py``). It is
   needed only where jobs are submitted from (a login node or a workstation), never in the
   training image, so it is an extra rather than a requirement: about 90 packages (torchx,
@@ -54,7 +54,6 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
     "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1", "ray>=2.48,<3"],
-    "aligner": ["nemo-toolkit==2.4.1", "nemo-aligner==0.7.0"],
     "slurm": ["nemo-run>=0.11.1,<0.12", "leptonai>=0.26,<0.47"],
 }
 
