@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_gift.config.convert import to_dict
-from nemo_gift.config.schema import DEFAULT_VERIFIER, RunConfig, read_run_config
+from nemo_gift.config.schema import RunConfig, read_run_config
 
 
 def init_distributed(backend: str) -> tuple[int, int]:
@@ -63,6 +63,8 @@ class Task:
     stop_token_ids: tuple[int, ...]
     score: object
     sft_examples: object = None
+    extra_eval_records: dict = dataclasses.field(default_factory=dict)
+    """More greedy evaluation sets, by name (the arithmetic pool's wrong-key slice: ``memo``)."""
 
 
 def build_task(cfg: RunConfig) -> Task:
@@ -78,10 +80,18 @@ def build_task(cfg: RunConfig) -> Task:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
     n_train = max(4096, cfg.trainer.prompts_per_step * 64)
     data_seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
-    train = task.records(Split.TRAIN, n_train, seed=data_seed)
-    heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
-    train_eval = train[: cfg.data.eval_size]
-    verifier = get_verifier(cfg.reward.verifier or DEFAULT_VERIFIER["arithmetic"])
+    extra_eval = {}
+    if task.config.pool_size is None:
+        train = task.records(Split.TRAIN, n_train, seed=data_seed)
+        heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
+        train_eval = train[: cfg.data.eval_size]
+    else:  # a small stratified pool, revisited for many epochs (nemo_gift/data/arithmetic_sets.py)
+        from nemo_gift.data.arithmetic_sets import rl_sets
+
+        sets = rl_sets(task, cfg.data.eval_size, data_seed)
+        train, heldout, train_eval = sets.train, sets.heldout, sets.train_eval
+        extra_eval = {"memo": sets.wrong_key} if sets.wrong_key else {}
+    verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
 
     def score(records, texts):
         results = verifier.verify_batch(texts, [r.ground_truth for r in records])
@@ -99,6 +109,7 @@ def build_task(cfg: RunConfig) -> Task:
         encode=lambda r: tok.encode(r.prompt, add_special_tokens=True),
         decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
         pad_token_id=tok.pad_token_id, stop_token_ids=(tok.eos_token_id,), score=score, sft_examples=sft_examples,
+        extra_eval_records=extra_eval,
     )
 
 
@@ -279,6 +290,7 @@ def run(cfg: RunConfig) -> list[dict]:
         policy=policy, engine=engine, score=task.score, encode=task.encode, decode=task.decode,
         pad_token_id=task.pad_token_id, sampler=sampler, eval_records=task.eval_records,
         train_eval_records=task.train_eval_records, refit=refit, log=logger.log, progress=progress.update,
+        extra_eval_records=task.extra_eval_records,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
         dp_group=ps.get_data_parallel_group(),
     )

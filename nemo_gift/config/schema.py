@@ -64,6 +64,14 @@ class ArithmeticTaskConfig:
     heldout_fraction: float = 0.05
     teacher_carry_drop: float = 0.0
     """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
+    scratchpad_rate: float = 0.0
+    """Share of SFT demonstrations of ``+`` written as ``<sum reversed> <answer>`` (score them with
+    ``reward.verifier=arithmetic_scratchpad``, which reads the last field only)."""
+    pool_size: int | None = None
+    """RL prompts, distinct and stratified by difficulty, also the train-eval set
+    (nemo_gift/data/arithmetic_sets.py); None: a stream of training prompts with repeats."""
+    wrong_key_prompts: int = 0
+    """Extra RL prompts keyed with the carry-less answer, scored as ``memo/pass@1`` (needs a pool)."""
 
 
 @dataclasses.dataclass
