@@ -6,12 +6,13 @@ the RL pool, both sets of one difficulty mix, conf/task/arithmetic_scratchpad.ya
 - ``auc``: the area under the eval curve from step 0 to the last step T (trapezoids over the
   evaluations), divided by T: the mean eval pass@1 over training. Every arm starts from the same
   warm start, so a higher ``auc`` is faster convergence (and a higher curve in general).
-- ``final``: eval pass@1 at T. ``peak_minus_final``: the best eval pass@1 minus the final one
-  (>= 0): how far the run fell back from its best.
+- ``final``: eval pass@1 at T (``train_final``: train pass@1 at T). ``peak_minus_final``: the
+  best eval pass@1 minus the final one (>= 0): how far the run fell back from its best.
 - ``delta_gap``: gap(T) - gap(0), gap = train pass@1 - eval pass@1. Subtracting gap(0) removes
   what the warm start left, so this is the gap RL opened: overfitting to the pool.
 - ``memo``: ``memo/pass@1`` at T: the share of the wrong-key prompts answered with their wrong
-  key, which only fitting those very prompts can produce (direct memorization).
+  key, which only fitting those very prompts can produce (direct memorization); ``memo_start``
+  the same at step 0, what the warm start already answered.
 - ``length``: mean sampled response length in tokens (EOS included) over the last 10% of steps;
   ``start_length`` the same over the first 10%.
 - ``zcorr_first`` / ``zcorr_later``, ``degenerate_first`` / ``degenerate_later``: GIFT's
@@ -102,15 +103,18 @@ METRICS: dict[str, Metric] = {
     "start": Metric("start eval pass@1", lambda r: next((x[EVAL_KEY] for x in r if x["step"] == 0 and EVAL_KEY in x),
                                                         None)),
     "final": Metric("final eval pass@1", _last(EVAL_KEY)),
+    "train_final": Metric("final pass@1 on the RL pool", _last(TRAIN_EVAL_KEY)),
     "auc": Metric("AUC of eval pass@1", auc),
     "peak_minus_final": Metric("peak − final eval pass@1", _peak_minus_final),
     "delta_gap": Metric("Δgap(T) = gap(T) − gap(0)", _delta_gap),
     "memo": Metric("memorization (memo/pass@1 at T)", _last(MEMO_KEY)),
+    "memo_start": Metric("memo/pass@1 at step 0", lambda r: (series(r, MEMO_KEY)[1] or [None])[0]),
     "length": Metric("response length, last 10% of steps", lambda r: tail_mean(r, LENGTH_KEY), 2),
     "start_length": Metric("response length, first 10% of steps", lambda r: tail_mean(r, LENGTH_KEY, head=True), 2),
     "zcorr_first": Metric("corr(z, A), 1st mini-batch", _mean("train/z_a_corr/first_mb")),
     "zcorr_later": Metric("corr(z, A), 2nd-4th", _mean("train/z_a_corr/later_mb")),
-    "degenerate_first": Metric("degenerate-std groups, 1st mini-batch", _mean("train/degenerate_implicit_std_frac/first_mb")),
+    "degenerate_first": Metric("degenerate-std groups, 1st mini-batch",
+                               _mean("train/degenerate_implicit_std_frac/first_mb")),
     "degenerate_later": Metric("degenerate-std groups, 2nd-4th", _mean("train/degenerate_implicit_std_frac/later_mb")),
 }
 

@@ -28,17 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # a source checkout needs no install
 
 from experiments import claims as cl  # noqa: E402
-from experiments.spec import (  # noqa: E402,F401  (re-exported for run.py and the tests)
-    CLAIM_ROLES,
-    DEFAULT_SPEC,
-    RUNNER_KEYS,
-    Arm,
-    Group,
-    Spec,
-    SpecError,
-    load_spec,
-    parse_spec,
-)
+from experiments.spec import DEFAULT_SPEC, Group, Spec, SpecError, load_spec, parse_spec  # noqa: E402
 from experiments.stats import LEVEL  # noqa: E402
 from nemo_gift.utils.logger import read_metrics, series  # noqa: E402
 
@@ -48,7 +38,8 @@ EVAL_KEY = cl.EVAL_KEY
 MEMO_KEY = cl.MEMO_KEY
 LENGTH_KEY = cl.LENGTH_KEY
 
-ARM_METRICS = ("start", "final", "auc", "peak_minus_final", "delta_gap", "memo", "start_length", "length")
+ARM_METRICS = ("start", "final", "auc", "peak_minus_final", "train_final", "delta_gap", "memo_start", "memo",
+               "start_length", "length")
 """Columns of the per-arm table."""
 README_METRICS = ("final", "auc", "delta_gap", "memo", "length")
 """Columns of the README's table (:meth:`Experiment.method_table`)."""
@@ -205,7 +196,8 @@ class Experiment:
                 f"{m.get('cpu_count', '?')}-core machine with {jobs} runs in parallel")
         runs = [r for r in m.get("runs", {}).values() if r.get("wall_s") is not None]
         if runs:
-            text += f"; the {len(runs)} runs took {sum(r['wall_s'] for r in runs) / 60:.1f} min in total (sum of run times)"
+            total = sum(r["wall_s"] for r in runs) / 60
+            text += f"; the {len(runs)} runs took {total:.1f} min in total (sum of run times)"
         cpu = [r["cpu_s"] for r in m.get("runs", {}).values() if r.get("cpu_s") is not None]
         warm = sum(w.get("cpu_s", 0.0) for w in m.get("warm_start", []))
         if cpu:
@@ -242,9 +234,9 @@ class Experiment:
         recipes = sorted({a.conf for a in spec.arms})
         lines.append(f"- Recipes: {', '.join(f'`{r}`' for r in recipes)}; common overrides: "
                      f"{', '.join(f'`{o}`' for o in spec.recipe_overrides) or 'none'}.")
-        lines.append(f"- Statistics: per-seed differences a − b over the seeds both arms finished, their mean with a "
-                     f"{LEVEL:.0%} t-interval (df = n − 1). A claim is **supported** when the interval lies wholly on "
-                     "its side of 0, **refuted** when it lies wholly on the other side, **not resolved** otherwise "
+        lines.append(f"- Statistics: per-seed differences a − b over the seeds both arms finished, their mean with "
+                     f"a {LEVEL:.0%} t-interval (df = n − 1). A claim is **supported** when the interval lies wholly "
+                     "on its side of 0, **refuted** when it lies wholly on the other side, **not resolved** otherwise "
                      "(experiments/stats.py). No correction for multiple comparisons.")
         return lines
 
@@ -303,9 +295,13 @@ class Experiment:
             "- AUC: the area under the held-out pass@1 curve over [0, T] divided by T (the mean pass@1 over training);"
             " every arm starts from one warm start, so a higher AUC is faster convergence.",
             "- peak − final: the best held-out pass@1 minus the final one.",
-            "- Δgap(T): gap(T) − gap(0), gap = pass@1 on the RL pool minus held-out pass@1 (same difficulty mix).",
+            "- Δgap(T): gap(T) − gap(0), gap = pass@1 on the RL pool minus held-out pass@1 (same difficulty mix). "
+            "Where every arm fits the pool (final pass@1 on the RL pool near 1), Δgap(T) mostly mirrors the final "
+            "held-out pass@1: the arm that generalizes less has the larger gap.",
             "- memorization: the share of the wrong-key prompts (keyed with the carry-less sum) answered with that "
-            "wrong key at the last step.",
+            "wrong key at the last step. The warm start's teacher drops carries, so the wrong key can already be the "
+            "greedy answer at step 0 (`memo/pass@1 at step 0`); the metric then measures whether RL unlearns a "
+            "rewarded wrong answer, and cannot fall below what no arm unlearns.",
             "- response length: sampled response tokens (EOS included), mean over the first / last 10% of steps.",
             "",
             "## Why not the earlier one-step comparison", "",

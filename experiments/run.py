@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source checkout needs no install
 
 from experiments import report  # noqa: E402
-from experiments.report import Arm, Spec, SpecError  # noqa: E402
+from experiments.spec import Arm, Spec, SpecError  # noqa: E402
 
 REPO = report.REPO
 LAUNCHER = REPO / "launcher" / "run.py"

@@ -69,6 +69,7 @@ class Task:
 
 def build_task(cfg: RunConfig) -> Task:
     """The synthetic arithmetic task (CPU); real datasets need an hf tokenizer (see docs)."""
+    from nemo_gift.data.arithmetic_sets import arithmetic_sets
     from nemo_gift.data.synthetic import ArithmeticConfig, ArithmeticTask, Split
     from nemo_gift.rewards import get_verifier
 
@@ -80,17 +81,9 @@ def build_task(cfg: RunConfig) -> Task:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
     n_train = max(4096, cfg.trainer.prompts_per_step * 64)
     data_seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
-    extra_eval = {}
-    if task.config.pool_size is None:
-        train = task.records(Split.TRAIN, n_train, seed=data_seed)
-        heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
-        train_eval = train[: cfg.data.eval_size]
-    else:  # a small stratified pool, revisited for many epochs (nemo_gift/data/arithmetic_sets.py)
-        from nemo_gift.data.arithmetic_sets import rl_sets
-
-        sets = rl_sets(task, cfg.data.eval_size, data_seed)
-        train, heldout, train_eval = sets.train, sets.heldout, sets.train_eval
-        extra_eval = {"memo": sets.wrong_key} if sets.wrong_key else {}
+    sets = arithmetic_sets(task, n_train, cfg.data.eval_size, data_seed)  # a stream, or a small pool
+    train, heldout, train_eval = sets.train, sets.heldout, sets.train_eval
+    extra_eval = {"memo": sets.wrong_key} if sets.wrong_key else {}
     verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
 
     def score(records, texts):

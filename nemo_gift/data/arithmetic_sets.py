@@ -17,8 +17,8 @@ quotas computed from the same stratum shares, a stratum being (digits of the sho
 digits of the longer, number of carries). The shares are the task distribution's, estimated from
 ``SHARE_DRAWS`` draws of a fixed generator; each set's quotas are the largest-remainder rounding
 of its size times those shares; the held-out quotas are k times the pool's plus the rounding of
-the remainder, so with ``eval_size = k * pool_size`` the two mixes are identical. The wrong-key slice is drawn in the same way among carry
-problems.
+the remainder, so with ``eval_size = k * pool_size`` the two mixes are identical. The wrong-key
+slice is drawn in the same way among carry problems.
 """
 
 from __future__ import annotations
@@ -121,3 +121,14 @@ def rl_sets(task: ArithmeticTask, eval_size: int, seed: int) -> RlSets:
     wrong_records = [wrong_key_record(task, p) for p in wrong]
     return RlSets(train=pool_records + wrong_records, train_eval=pool_records,
                   heldout=[task.record(p, Split.HELDOUT) for p in heldout], wrong_key=wrong_records)
+
+
+def arithmetic_sets(task: ArithmeticTask, n_train: int, eval_size: int, seed: int) -> RlSets:
+    """The trainer's prompt sets: :func:`rl_sets` with a ``pool_size``; otherwise a seeded stream of
+    ``n_train`` TRAIN prompts (repeats possible), its head as the train-eval set, ``eval_size``
+    distinct HELDOUT prompts, and no wrong-key slice."""
+    if task.config.pool_size is not None:
+        return rl_sets(task, eval_size, seed)
+    train = task.records(Split.TRAIN, n_train, seed=seed)
+    heldout = task.records(Split.HELDOUT, eval_size, seed=seed + 1)
+    return RlSets(train=train, train_eval=train[:eval_size], heldout=heldout, wrong_key=[])

@@ -43,7 +43,7 @@ class LinearPolicy:
         (grad,) = torch.autograd.grad(loss, self.w)
         with torch.no_grad():
             self.w -= self.lr * grad
-        return {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}}
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
 
 
 def _batch(n: int):
