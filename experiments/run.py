@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source checkout needs no install
 
 from experiments import report  # noqa: E402
-from experiments.report import Arm, Spec, SpecError  # noqa: E402
+from experiments.spec import Arm, Spec, SpecError  # noqa: E402
 
 REPO = report.REPO
 LAUNCHER = REPO / "launcher" / "run.py"
@@ -135,14 +135,24 @@ def _env(jobs: int | None) -> dict:
     return env
 
 
-def _launch(cmd: list[str], log: Path, env: dict) -> tuple[int, float]:
+def _launch(cmd: list[str], log: Path, env: dict) -> tuple[int, float, float]:
+    """Run ``cmd`` logging to ``log``; returns (exit code, wall seconds, CPU seconds). The CPU time
+    (user + system) is that of the child and every descendant it waited for (os.wait4), so it is
+    this run's alone even while other runs share the machine."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with log.open("w") as f:
         f.write(shlex.join(cmd) + "\n\n")
         f.flush()
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
-    return rc, time.monotonic() - start
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.monotonic() - start, usage.ru_utime + usage.ru_stime
 
 
 def warm_start(spec: Spec, plans: list[RunPlan], out: Path) -> list[dict]:
@@ -157,9 +167,10 @@ def warm_start(spec: Spec, plans: list[RunPlan], out: Path) -> list[dict]:
         overrides = [*spec.run_overrides(p.arm, p.seed, max_steps=1, eval_every=0),
                      f"sft.cache_dir={out / 'sft_cache'}", f"run_dir={run_dir}", "checkpoint.resume=never", *QUIET]
         cmd = [sys.executable, str(LAUNCHER), f"conf={p.arm.conf}", *overrides]
-        rc, wall = _launch(cmd, run_dir.parent / f"{run_dir.name}.log", _env(None))
-        print(f"warm start ({p.arm.conf}, seed {p.seed}): {'ok' if rc == 0 else f'FAILED (exit {rc})'}, {wall:.0f} s")
-        records.append({"run": p.key, "returncode": rc, "wall_s": round(wall, 1)})
+        rc, wall, cpu = _launch(cmd, run_dir.parent / f"{run_dir.name}.log", _env(None))
+        print(f"warm start ({p.arm.conf}, seed {p.seed}): {'ok' if rc == 0 else f'FAILED (exit {rc})'}, "
+              f"{wall:.0f} s wall, {cpu:.0f} s CPU")
+        records.append({"run": p.key, "returncode": rc, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
         if rc != 0:
             raise RuntimeError(f"warm start failed (exit {rc}); log: {run_dir.parent / (run_dir.name + '.log')}")
     return records
@@ -173,10 +184,10 @@ def run_one(plan: RunPlan, max_steps: int, env: dict) -> dict:
         entry["note"] = "config changed: rerun from scratch"
     elif report.run_complete(plan.run_dir, max_steps):
         return {**entry, "status": "skipped", "returncode": 0}
-    rc, wall = _launch(plan.command(), plan.log, env)
+    rc, wall, cpu = _launch(plan.command(), plan.log, env)
     done = rc == 0 and report.run_complete(plan.run_dir, max_steps)
     return {**entry, "status": "ok" if done else "failed", "returncode": rc, "wall_s": round(wall, 1),
-            "finished": _now()}
+            "cpu_s": round(cpu, 1), "finished": _now()}
 
 
 def _now() -> str:
@@ -289,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry = {**manifest["runs"].get(plan.key, {}), **entry}  # keep the wall time it took before
                 line = f"done before, skipped; {_final_eval_text(plan)}"
             elif entry["status"] == "ok":
-                line = f"{_final_eval_text(plan)}, {entry['wall_s']:.0f} s"
+                line = f"{_final_eval_text(plan)}, {entry['wall_s']:.0f} s wall, {entry['cpu_s']:.0f} s CPU"
                 if "note" in entry:
                     line += f" ({entry['note']})"
             else:
@@ -317,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(out: Path, spec: Spec, results: Path, img: Path) -> int:
     exp = report.write_report(out, spec, results, img)
     print("\n" + exp.method_table() + "\n")
+    print(report.cl.results_table(exp.results()) + "\n")
     print(f"wrote {results} and {img}/gift_vs_grpo.png, {img}/ablations.png")
     return 0
 

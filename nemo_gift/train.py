@@ -65,10 +65,13 @@ class Task:
     stop_token_ids: tuple[int, ...]
     score: object
     sft_examples: object = None
+    extra_eval_records: dict = dataclasses.field(default_factory=dict)
+    """More greedy evaluation sets, by name (the arithmetic pool's wrong-key slice: ``memo``)."""
 
 
 def build_task(cfg: RunConfig) -> Task:
     """The synthetic arithmetic task (CPU); real datasets need an hf tokenizer (see docs)."""
+    from nemo_gift.data.arithmetic_sets import arithmetic_sets
     from nemo_gift.data.synthetic import ArithmeticConfig, ArithmeticTask, Split
     from nemo_gift.rewards import get_verifier
 
@@ -80,9 +83,9 @@ def build_task(cfg: RunConfig) -> Task:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
     n_train = max(4096, cfg.trainer.prompts_per_step * 64)
     data_seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
-    train = task.records(Split.TRAIN, n_train, seed=data_seed)
-    heldout = task.records(Split.HELDOUT, cfg.data.eval_size, seed=data_seed + 1)
-    train_eval = train[: cfg.data.eval_size]
+    sets = arithmetic_sets(task, n_train, cfg.data.eval_size, data_seed)  # a stream, or a small pool
+    train, heldout, train_eval = sets.train, sets.heldout, sets.train_eval
+    extra_eval = {"memo": sets.wrong_key} if sets.wrong_key else {}
     verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
 
     def score(records, texts):
@@ -101,6 +104,7 @@ def build_task(cfg: RunConfig) -> Task:
         encode=lambda r: tok.encode(r.prompt, add_special_tokens=True),
         decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
         pad_token_id=tok.pad_token_id, stop_token_ids=(tok.eos_token_id,), score=score, sft_examples=sft_examples,
+        extra_eval_records=extra_eval,
     ), cfg.data.max_prompt_length)
 
 
@@ -307,6 +311,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
         policy=policy, engine=engine, score=task.score, encode=task.encode, decode=task.decode,
         pad_token_id=task.pad_token_id, sampler=sampler, eval_records=task.eval_records,
         train_eval_records=task.train_eval_records, refit=refit, log=logger.log, progress=progress.update,
+        extra_eval_records=task.extra_eval_records,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
         dp_group=ps.get_data_parallel_group(),
     )

@@ -149,7 +149,7 @@ class GiftLossConfig:
     std_guard: StdGuard = StdGuard.STD_FLOOR
     """Guard for a degenerate implicit std (the paper has none). Default std_floor: continuous,
     exactly the raw formula once std >= std_guard_value, and never worse than the others in the
-    CPU experiment (docs/results.md; docs/gift-math.md section 5). `none` is the raw formula."""
+    first CPU experiment (docs/gift-math.md sections 5 and 11). `none` is the raw formula."""
 
     std_guard_value: float = 1e-2
     """The floor (std_floor) or the threshold (center_only) on the implicit std, in nats of s.
@@ -163,8 +163,8 @@ class GiftLossConfig:
 
     implicit_baseline: ImplicitBaseline = ImplicitBaseline.OLD_POLICY
     """Which log-probs the trainer passes as the baseline: `old_policy` (pi_old at rollout time,
-    the author's verl PR; the default, from the CPU experiment: docs/gift-math.md section 2) or
-    `reference` (pi_ref, the paper's Eq. 6). The loss itself only sees the tensor; the trainer
+    the author's verl PR; the default, from the CPU experiment: docs/gift-math.md sections 11 and
+    12.2) or `reference` (pi_ref, the paper's Eq. 6). The loss itself only sees the tensor; the trainer
     reads this field."""
 
     def __post_init__(self) -> None:

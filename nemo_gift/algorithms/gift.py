@@ -27,7 +27,7 @@ import dataclasses
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -85,6 +85,8 @@ class LoopParts:
     dp_rank: int = 0
     dp_size: int = 1
     dp_group: Any = None
+    extra_eval_records: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+    """More greedy evaluation sets, by name: ``NAME/pass@1`` is the rate of answers matching their key."""
 
 
 @contextmanager
@@ -131,7 +133,8 @@ def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, samplin
 def evaluate(parts: LoopParts, cfg: LoopConfig) -> dict[str, float]:
     """Greedy pass@1 (and mean reward, response length) on held-out and training prompts."""
     metrics = {}
-    for split, records in (("eval", parts.eval_records), ("train", parts.train_eval_records)):
+    splits = (("eval", parts.eval_records), ("train", parts.train_eval_records), *parts.extra_eval_records.items())
+    for split, records in splits:
         _, responses, _, rewards, reasons = generate_and_score(parts, list(records), 1, cfg.eval_sampling)
         metrics[f"{split}/pass@1"] = sum(r == "correct" for r in reasons) / len(reasons)
         metrics[f"{split}/greedy_reward"] = float(rewards.mean())
@@ -145,11 +148,24 @@ def _mean_metrics(dicts: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(d[k] for d in dicts if k in d) / sum(k in d for d in dicts) for k in keys}
 
 
+def _first_vs_later(step_metrics: list[dict], keys: Sequence[str]) -> dict[str, float]:
+    """``train/KEY/first_mb`` (the rollout batch's first optimizer step) and ``train/KEY/later_mb``
+    (the mean of the others): with the pi_old baseline s = 0 on the first, so the GIFT loss acts
+    only from the second on. Keys the objective did not report are left out."""
+    out = {}
+    for key in (k for k in keys if step_metrics and k in step_metrics[0]):
+        out[f"train/{key}/first_mb"] = step_metrics[0][key]
+        if len(step_metrics) > 1:
+            out[f"train/{key}/later_mb"] = sum(m[key] for m in step_metrics[1:]) / (len(step_metrics) - 1)
+    return out
+
+
 def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], rewards: torch.Tensor) -> dict:
     """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch."""
     G, metrics = cfg.group_size, {}
     n = rewards.shape[0]
-    adv, zero_std = explicit_advantages(rewards, G, eps=cfg.gift.eps, unbiased=cfg.gift.unbiased_std)
+    norm = cfg.gift if cfg.algorithm == "gift" else cfg.grpo  # each algorithm's own eps and std estimator
+    adv, zero_std = explicit_advantages(rewards, G, eps=norm.eps, unbiased=norm.unbiased_std)
     batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)
     with _timer(metrics, "time/logprobs"):
         if cfg.algorithm == "gift":
@@ -189,6 +205,7 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
                 )
             step_metrics.append(parts.policy.train_step(mini, objective, group_size=G))
     metrics.update({f"train/{k}": v for k, v in _mean_metrics(step_metrics).items()} if step_metrics else {})
+    metrics.update(_first_vs_later(step_metrics, ("z_a_corr", "degenerate_implicit_std_frac")))
     metrics["train/zero_std_frac"] = float(zero_std.float().mean())
     metrics["train/optimizer_steps"] = len(step_metrics)
     return metrics

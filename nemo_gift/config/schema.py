@@ -32,8 +32,6 @@ DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_i
 
 # The verifier each dataset is scored with, unless reward.verifier says otherwise.
 DEFAULT_VERIFIER = {"arithmetic": "arithmetic", "gsm8k": "gsm8k", "math": "math", "dapo": "dapo", "aime": "aime"}
-ARITHMETIC_VERIFIERS = ("arithmetic", "arithmetic_reversed")
-"""The synthetic task's verifiers; they read bare integers, so they score no real dataset."""
 MAX_SEED = 2**32 - 1
 """Seeds are non-negative 32-bit integers (numpy's limit; offsets are added to them)."""
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -88,6 +86,14 @@ class ArithmeticTaskConfig:
     heldout_fraction: float = 0.05
     teacher_carry_drop: float = 0.0
     """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
+    scratchpad_rate: float = 0.0
+    """Share of SFT demonstrations of ``+`` written as ``<sum reversed> <answer>`` (score them with
+    ``reward.verifier=arithmetic_scratchpad``, which reads the last field only)."""
+    pool_size: int | None = None
+    """RL prompts, distinct and stratified by difficulty, also the train-eval set
+    (nemo_gift/data/arithmetic_sets.py); None: a stream of training prompts with repeats."""
+    wrong_key_prompts: int = 0
+    """Extra RL prompts keyed with the carry-less answer, scored as ``memo/pass@1`` (needs a pool)."""
 
     def __post_init__(self):
         self.task_config()
@@ -190,13 +196,17 @@ class RewardConfig:
                 f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model"
             )
         if data.dataset == "arithmetic":
-            wanted = ARITHMETIC_VERIFIERS[int(data.arithmetic.reverse_answer)]
+            from nemo_gift.data.synthetic import ArithmeticTask
+
+            wanted = ArithmeticTask(data.arithmetic.task_config()).verifier_name  # the task's own answer format
             if self.verifier is not None and self.verifier != wanted:
+                a = data.arithmetic
                 raise ConfigError(
                     f"reward.verifier={self.verifier} does not score data.dataset=arithmetic with "
-                    f"data.arithmetic.reverse_answer={data.arithmetic.reverse_answer}; use {wanted} (or null)"
+                    f"data.arithmetic.reverse_answer={a.reverse_answer} and scratchpad_rate={a.scratchpad_rate}; "
+                    f"use {wanted} (or null)"
                 )
-        elif verifier in ARITHMETIC_VERIFIERS:
+        elif verifier.startswith("arithmetic"):  # the synthetic task's verifiers read bare integers
             raise ConfigError(
                 f"reward.verifier={verifier} scores only the synthetic task, not data.dataset={data.dataset}"
             )

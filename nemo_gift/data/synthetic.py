@@ -26,6 +26,20 @@ GIFT steps.
 Other knobs: ``reverse_answer=True`` (least-significant digit first) makes carries local;
 ``max_digits`` 4-5, ``Operator.SUB`` or ``Operator.MUL`` make the task harder.
 
+The scratchpad format (``scratchpad_rate`` > 0, the GIFT-vs-GRPO experiment's task,
+``conf/task/arithmetic_scratchpad.yaml``) lets the response length follow the policy's
+choice. A response is either the answer alone or a scratchpad, a space, then the answer::
+
+    prompt  "58+67="     direct "125"  (4 tokens with EOS)    scratchpad "521 125"  (8 tokens)
+
+The scratchpad is the sum written the other way round (least-significant digit first), where
+every carry is local to the digit being written; the answer is then that string reversed. The
+verifier (``arithmetic_scratchpad``) reads only the last space-separated field, so a scratchpad
+is never checked and never required. The teacher writes it in ``scratchpad_rate`` of its
+demonstrations of a sum (always correctly); its direct answers drop carries at
+``teacher_carry_drop``. RL can then raise accuracy by writing the scratchpad more often, which
+makes the responses longer: the paper's length claim becomes measurable.
+
 Splits: each problem belongs to TRAIN or HELDOUT by a hash of its canonical form
 (commutative operands sorted), independent of any seed, so the two never overlap
 and ``a+b`` / ``b+a`` fall on the same side. About ``heldout_fraction`` of the
@@ -148,6 +162,17 @@ class ArithmeticConfig:
     """Share of the supervised (SFT) demonstrations of ``+`` written by a flawed teacher that
     drops every carry (``58+67`` -> ``15``, digit-wise sums mod 10). RL rewards stay exact."""
 
+    scratchpad_rate: float = 0.0
+    """Share of the SFT demonstrations of ``+`` written as ``<sum reversed> <answer>`` (always
+    correct); the rest are direct answers, of which ``teacher_carry_drop`` drop their carries."""
+    pool_size: int | None = None
+    """RL prompts with a correct key, distinct and stratified by difficulty
+    (:mod:`nemo_gift.data.arithmetic_sets`); the train-eval set is this pool. None: a stream of
+    4096 training prompts with repeats, and the train-eval set is its head."""
+    wrong_key_prompts: int = 0
+    """Extra RL prompts (with a pool) whose key is the carry-less answer: a model that fits them
+    has memorized them against the rule (``memo/pass@1``)."""
+
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 18:
             raise ValueError(f"need 1 <= min_digits <= max_digits <= 18, got {self.min_digits}, {self.max_digits}")
@@ -160,6 +185,16 @@ class ArithmeticConfig:
             raise ValueError(f"teacher_carry_drop must be in [0, 1], got {self.teacher_carry_drop}")
         if self.teacher_carry_drop > 0 and Operator.ADD not in self.operators:
             raise ValueError("teacher_carry_drop > 0 needs the '+' operator: it only changes sums")
+        if not 0.0 <= self.scratchpad_rate <= 1.0:
+            raise ValueError(f"scratchpad_rate must be in [0, 1], got {self.scratchpad_rate}")
+        if self.scratchpad_rate > 0 and self.operators != (Operator.ADD,):
+            raise ValueError("scratchpad_rate > 0 needs operators ['+'] only: the scratchpad is a sum's digits")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
+        if self.wrong_key_prompts < 0 or (self.wrong_key_prompts and self.pool_size is None):
+            raise ValueError(f"wrong_key_prompts={self.wrong_key_prompts} must be >= 0, and > 0 only with a pool_size")
+        if self.wrong_key_prompts and Operator.ADD not in self.operators:
+            raise ValueError("wrong_key_prompts > 0 needs the '+' operator: the wrong key is the carry-less sum")
 
 
 @dataclass(frozen=True)
@@ -200,6 +235,22 @@ class ArithmeticProblem:
     def has_carry(self) -> bool:
         return self.op is Operator.ADD and self.carryless_answer != self.answer
 
+    @property
+    def carries(self) -> int:
+        """How many columns produce a carry (``+`` only; 0 for other operators)."""
+        if self.op is not Operator.ADD:
+            return 0
+        a, b, carry, count = self.a, self.b, 0, 0
+        while a or b:
+            carry = int(a % 10 + b % 10 + carry >= 10)
+            count += carry
+            a, b = a // 10, b // 10
+        return count
+
+    def scratchpad_target(self, reverse: bool = False) -> str:
+        """The answer after a scratchpad: the answer written the other way round, a space, the answer."""
+        return f"{format_answer(self.answer, not reverse)} {format_answer(self.answer, reverse)}"
+
     def canonical(self) -> str:
         a, b = self.a, self.b
         if self.op in (Operator.ADD, Operator.MUL):
@@ -222,10 +273,13 @@ class ArithmeticTask:
 
     @property
     def verifier_name(self) -> str:
+        if self.config.scratchpad_rate > 0:
+            return "arithmetic_scratchpad_reversed" if self.config.reverse_answer else "arithmetic_scratchpad"
         return "arithmetic_reversed" if self.config.reverse_answer else "arithmetic"
 
     def verifier(self) -> ArithmeticVerifier:
-        return ArithmeticVerifier(reverse_answer=self.config.reverse_answer)
+        return ArithmeticVerifier(reverse_answer=self.config.reverse_answer,
+                                  final_field_only=self.config.scratchpad_rate > 0)
 
     def split_of(self, problem: ArithmeticProblem) -> Split:
         digest = hashlib.blake2b(f"{self.config.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
@@ -289,12 +343,17 @@ class ArithmeticTask:
         """``(ids, loss_mask)`` for supervised warm start, both [T]: loss on the answer and EOS only.
 
         With ``teacher_carry_drop`` > 0 and an ``rng``, a sum's demonstration is the carry-less
-        answer with that probability (one ``rng`` draw per ``+`` problem)."""
+        answer with that probability (one ``rng`` draw per ``+`` problem). With ``scratchpad_rate``
+        > 0, a first draw decides whether it is the (correct) scratchpad form instead."""
         prompt = self.tokenizer.encode(problem.prompt, add_special_tokens=True)
-        target = problem.target(self.config.reverse_answer)
-        drop = self.config.teacher_carry_drop
-        if drop > 0 and rng is not None and problem.op is Operator.ADD and rng.random() < drop:
-            target = format_answer(problem.carryless_answer, self.config.reverse_answer)
+        reverse = self.config.reverse_answer
+        target = problem.target(reverse)
+        is_sum = rng is not None and problem.op is Operator.ADD
+        drop, pad = self.config.teacher_carry_drop, self.config.scratchpad_rate
+        if pad > 0 and is_sum and rng.random() < pad:
+            target = problem.scratchpad_target(reverse)
+        elif drop > 0 and is_sum and rng.random() < drop:
+            target = format_answer(problem.carryless_answer, reverse)
         answer = self.tokenizer.encode(target, add_special_tokens=False, add_eos=True)
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 
@@ -307,16 +366,21 @@ class ArithmeticVerifier:
 
     The response is the decoded text before EOS (a literal ``"<eos>"`` left by a
     decode that kept special tokens also ends it), stripped of surrounding
-    whitespace. Empty or not an integer: NO_ANSWER. With ``reverse_answer``, the
+    whitespace. With ``final_field_only`` (the scratchpad format) only its last
+    space-separated field is read: ``"521 125"`` answers 125 whatever comes before
+    it. Empty or not an integer: NO_ANSWER. With ``reverse_answer``, the
     digits are un-reversed first (``"-52"`` -> -25). Ground truths are canonical
     integers. No integer conversion of long strings; no timeout needed.
     """
 
     def __init__(
-        self, reverse_answer: bool = False, correct_reward: float = 1.0, incorrect_reward: float = 0.0
+        self, reverse_answer: bool = False, correct_reward: float = 1.0, incorrect_reward: float = 0.0,
+        final_field_only: bool = False,
     ) -> None:
         self.reverse_answer = reverse_answer
-        self.name = "arithmetic_reversed" if reverse_answer else "arithmetic"
+        self.final_field_only = final_field_only
+        base = "arithmetic_scratchpad" if final_field_only else "arithmetic"
+        self.name = f"{base}_reversed" if reverse_answer else base
         self.correct_reward = correct_reward
         self.incorrect_reward = incorrect_reward
 
@@ -326,6 +390,8 @@ class ArithmeticVerifier:
 
     def __call__(self, response: str, ground_truth: str) -> VerifyResult:
         text = str(response).split("<eos>", 1)[0].strip()
+        if self.final_field_only:
+            text = text.rsplit(" ", 1)[-1]
         if not text:
             return self._result(Reason.NO_ANSWER, None)
         if _INTEGER_RE.fullmatch(text) is None:

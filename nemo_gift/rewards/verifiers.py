@@ -39,6 +39,10 @@ class VerifierName(str, enum.Enum):
     """The synthetic CPU task (`nemo_gift.data.synthetic`), answers written normally."""
     ARITHMETIC_REVERSED = "arithmetic_reversed"
     """The synthetic CPU task with answers written least-significant digit first."""
+    ARITHMETIC_SCRATCHPAD = "arithmetic_scratchpad"
+    """The synthetic task's scratchpad format: only the response's last space-separated field is read."""
+    ARITHMETIC_SCRATCHPAD_REVERSED = "arithmetic_scratchpad_reversed"
+    """The scratchpad format with answers written least-significant digit first."""
 
 
 @dataclass(frozen=True)
@@ -217,13 +221,14 @@ _REGISTRY: dict[str, VerifierFactory] = {
 }
 
 
-def _arithmetic(reverse: bool) -> VerifierFactory:
+def _arithmetic(reverse: bool, final_field_only: bool = False) -> VerifierFactory:
     def make(config: VerifierConfig | None = None, pool: MathEquivalencePool | None = None) -> Verifier:
         from nemo_gift.data.synthetic import ArithmeticVerifier  # data imports rewards: import lazily
 
         config = config or VerifierConfig()
         return ArithmeticVerifier(
-            reverse_answer=reverse, correct_reward=config.correct_reward, incorrect_reward=config.incorrect_reward
+            reverse_answer=reverse, correct_reward=config.correct_reward, incorrect_reward=config.incorrect_reward,
+            final_field_only=final_field_only,
         )
 
     return make
@@ -231,6 +236,8 @@ def _arithmetic(reverse: bool) -> VerifierFactory:
 
 _REGISTRY[VerifierName.ARITHMETIC.value] = _arithmetic(False)
 _REGISTRY[VerifierName.ARITHMETIC_REVERSED.value] = _arithmetic(True)
+_REGISTRY[VerifierName.ARITHMETIC_SCRATCHPAD.value] = _arithmetic(False, final_field_only=True)
+_REGISTRY[VerifierName.ARITHMETIC_SCRATCHPAD_REVERSED.value] = _arithmetic(True, final_field_only=True)
 
 
 def register_verifier(name: str, factory: VerifierFactory, *, overwrite: bool = False) -> None:

@@ -32,11 +32,12 @@ def test_smoke_experiment_runs_end_to_end(tmp_path):
             assert report.run_complete(run_dir, spec.max_steps), f"{run_dir}: no final step\n{log[-3000:]}"
             assert (run_dir.parent / f"seed_{seed}.log").is_file()
     results = (out / "results.md").read_text()
-    assert "## GIFT vs GRPO" in results and "## Which of the paper's claims held on this task" in results
+    assert "## The paper's claims" in results and "## Is GIFT's loss active?" in results
     for name in ("gift_vs_grpo.png", "ablations.png"):
         assert (out / "img" / name).stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["smoke"] is True and len(manifest["runs"]) == len(spec.arms) * len(spec.seeds)
+    assert all(r["cpu_s"] > 0 for r in manifest["runs"].values())
 
     rc, log = _run(["--smoke", "--out", str(out)], timeout=300)  # resumes: nothing left to run
     assert rc == 0, log[-4000:]

@@ -1,0 +1,114 @@
+"""nemo_gift.algorithms.gift.update: each algorithm's own advantage settings, and GIFT's loss
+metrics split by the mini-batch's place in the rollout batch.
+
+The policy is a test double of :class:`nemo_gift.algorithms.interfaces.PolicyInterface`
+(``logprobs``, ``train_step``): a real linear softmax policy over fixed random features, trained
+with plain SGD, so a step on one mini-batch moves the log-probs of every other row, as a shared
+network does.
+"""
+
+import math
+
+import pytest
+import torch
+
+from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.algorithms.gift import LoopConfig, LoopParts, update
+from nemo_gift.models.generation.interfaces import SamplingConfig
+
+G, S, V, D = 4, 5, 6, 8
+
+
+class LinearPolicy:
+    """log pi(labels[n, t]) = log_softmax(features[row_n, t] @ W)[labels[n, t]]; SGD on W."""
+
+    def __init__(self, n: int, lr: float = 0.5, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.features = torch.randn(n, S, D, generator=gen, dtype=torch.float64)
+        self.w = torch.randn(D, V, generator=gen, dtype=torch.float64).requires_grad_(True)
+        self.lr = lr
+        self.seen: list[dict] = []
+
+    def _logprobs(self, batch):
+        logits = self.features[batch["row"]] @ self.w  # [n, S, V]
+        return torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None])[..., 0]  # [n, S]
+
+    def logprobs(self, batch, *, reference=False):
+        with torch.no_grad():
+            return self._logprobs(batch)
+
+    def train_step(self, batch, objective, *, group_size):
+        self.seen.append({k: v.clone() for k, v in batch.items()})
+        loss, metrics = objective(self._logprobs(batch), batch)
+        (grad,) = torch.autograd.grad(loss, self.w)
+        with torch.no_grad():
+            self.w -= self.lr * grad
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+
+
+def _batch(n: int):
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, V, (n, S), generator=gen)
+    mask = torch.zeros(n, S, dtype=torch.bool)
+    mask[:, 2:] = True  # a 2-token prompt, then 3 response tokens
+    return {"tokens": labels.clone(), "labels": labels, "loss_mask": mask, "row": torch.arange(n)}
+
+
+def _cfg(algorithm: str, mini_batch_prompts: int, **kw) -> LoopConfig:
+    sampling = SamplingConfig(max_new_tokens=3)
+    return LoopConfig(algorithm=algorithm, max_steps=1, group_size=G, mini_batch_prompts=mini_batch_prompts,
+                      micro_batch_size=G * mini_batch_prompts, eval_every=0, checkpoint_every=0, keep_last=1,
+                      sampling=sampling, eval_sampling=sampling, **kw)
+
+
+def _parts(policy) -> LoopParts:
+    return LoopParts(policy=policy, engine=None, score=None, encode=None, decode=None, pad_token_id=0,
+                     sampler=None, eval_records=[], train_eval_records=[])
+
+
+REWARDS = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+
+
+def _hand_advantages(eps: float, unbiased: bool) -> list[float]:
+    out = []
+    for group in ([1.0, 0, 0, 0], [1.0, 1, 0, 0]):
+        mean = sum(group) / G
+        std = math.sqrt(sum((r - mean) ** 2 for r in group) / (G - 1 if unbiased else G))
+        out += [(r - mean) / (std + eps) for r in group]
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gift"])
+def test_advantages_use_the_algorithms_own_eps_and_std(algorithm):
+    """GRPO reads grpo.eps / grpo.unbiased_std (it read gift's before); GIFT reads gift's."""
+    grpo, gift = GrpoLossConfig(eps=0.5, unbiased_std=False, beta_kl=0.0), GiftLossConfig(eps=1e-6, unbiased_std=True)
+    policy = LinearPolicy(8)
+    update(_parts(policy), _cfg(algorithm, 2, grpo=grpo, gift=gift), _batch(8), REWARDS)
+    (seen,) = policy.seen
+    expected = _hand_advantages(0.5, False) if algorithm == "grpo" else _hand_advantages(1e-6, True)
+    torch.testing.assert_close(seen["advantages"].tolist(), expected, rtol=1e-6, atol=0)
+
+
+def test_gift_metrics_split_first_and_later_mini_batches():
+    """pi_old baseline: s = 0 on the first optimizer step (every implicit std degenerate, corr 0);
+    the first step moves the shared weights, so the later mini-batches start with s != 0."""
+    n = 4 * 2 * G  # 4 mini-batches of 2 prompts
+    rewards = torch.tensor([1.0, 0, 0, 1] * (n // G))
+    policy = LinearPolicy(n)
+    gift = GiftLossConfig(std_guard="none")
+    metrics = update(_parts(policy), _cfg("gift", 2, gift=gift), _batch(n), rewards)
+    assert metrics["train/optimizer_steps"] == 4
+    assert metrics["train/degenerate_implicit_std_frac/first_mb"] == 1.0
+    assert metrics["train/z_a_corr/first_mb"] == 0.0
+    assert metrics["train/degenerate_implicit_std_frac/later_mb"] == 0.0
+    assert metrics["train/z_a_corr/later_mb"] != 0.0
+    # The plain means over all 4 steps are still logged.
+    later = metrics["train/z_a_corr/later_mb"]
+    assert metrics["train/z_a_corr"] == pytest.approx(later * 3 / 4, rel=1e-12)
+
+
+def test_grpo_logs_no_gift_metrics():
+    metrics = update(_parts(LinearPolicy(16)), _cfg("grpo", 2, grpo=GrpoLossConfig(beta_kl=0.0)), _batch(16),
+                     torch.tensor([1.0, 0, 0, 1] * 4))
+    assert metrics["train/optimizer_steps"] == 2
+    assert not [k for k in metrics if k.endswith("_mb")]
