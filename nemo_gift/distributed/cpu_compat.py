@@ -15,9 +15,10 @@ Rules:
   modules that contain them (a module-local ``torch`` proxy), not by a global function mode,
   so nothing else pays a per-op dispatch cost.
 
-Known not to work on CPU, and refused by config validation (see :data:`CPU_UNSUPPORTED`):
-the distributed optimizer (CUDA tensor-type checks) and sequence parallelism (the local
-layer spec's torch LayerNorm asserts; it needs Apex or Transformer Engine).
+The recipes' own training state runs here too: the distributed optimizer through the
+``distributed_optimizer_types`` patch, and sequence parallelism through the project's layer spec
+(:class:`nemo_gift.models.policy.builder.RMSNorm`, whose weights are marked
+``sequence_parallel``), not through a patch.
 """
 
 from __future__ import annotations
@@ -31,21 +32,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Patch", "PATCHES", "CPU_UNSUPPORTED", "apply", "applied", "cpu_mode"]
+__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode"]
 
 SKIP_ENV = "NEMO_GIFT_CPU_COMPAT_SKIP"
-
-CPU_UNSUPPORTED = {
-    "use_distributed_optimizer": (
-        "megatron-core's distributed optimizer checks for torch.cuda tensor types; "
-        "on CPU set use_distributed_optimizer=false"
-    ),
-    "sequence_parallel": (
-        "sequence parallelism needs the Apex or Transformer Engine LayerNorm; the local "
-        "layer spec's torch norm asserts. On CPU set sequence_parallel=false"
-    ),
-}
-"""Features that cannot run on the CPU stack, with the message validation gives for each."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +202,42 @@ def _patch_gloo_scatter():
     dist.scatter = contiguous_scatter
 
 
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+def _cuda_type_name(self, *args, **kwargs):
+    """``Parameter.type()`` as a CUDA build names it (``torch.cuda.FloatTensor`` ...); with
+    arguments (a cast) it is the real ``Tensor.type``."""
+    name = torch.Tensor.type(self, *args, **kwargs)
+    if args or kwargs:
+        return name
+    return _CUDA_TYPE_NAMES.get(name, name)
+
+
+def _patch_distributed_optimizer_types():
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    init = DistributedOptimizer.__init__
+    if getattr(init, "_nemo_gift_cpu", False):
+        return
+
+    def cpu_init(self, *args, **kwargs):
+        # Only while the optimizer sorts its parameters by type; torch.nn.Parameter has no
+        # ``type`` of its own, so deleting the override restores Tensor.type.
+        torch.nn.Parameter.type = _cuda_type_name
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            del torch.nn.Parameter.type
+
+    cpu_init._nemo_gift_cpu = True
+    DistributedOptimizer.__init__ = cpu_init
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "current_device",
@@ -254,6 +279,14 @@ PATCHES: tuple[Patch, ...] = (
         "hit by TP weight loading of row-parallel shards); make the inputs contiguous",
         "torch 2.13.0 gloo (any megatron-core)",
         _patch_gloo_scatter,
+    ),
+    Patch(
+        "distributed_optimizer_types",
+        "DistributedOptimizer.__init__ sorts the parameters by model_param.type() and raises "
+        "'Wrapped parameters must be one of torch.cuda.FloatTensor' for CPU ones; while it runs, "
+        "Parameter.type() reports the CUDA name of the same dtype",
+        "0.16.1, 0.19.2",
+        _patch_distributed_optimizer_types,
     ),
 )
 

@@ -1,0 +1,152 @@
+"""Rank-side training runs shared by the layout-equivalence and checkpoint tests.
+
+Every run trains the same tiny policy (:class:`MegatronPolicy`, megatron-core's optimizer) from
+the same weights, on the same batches, with the NLL objective normalized by the global token
+count, so that its per-step losses and weights do not depend on the layout. The weights are
+those the TP=1/PP=1 model draws from ``INIT_SEED``; other layouts load them
+(``sharding.load_full_state``), then draw nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SEQ, ROWS, MICRO = 16, 8, 2  # S, N rows per step, micro-batch size
+INIT_SEED = 11
+LR = 1e-2
+
+
+def model_cfg():
+    """GQA, QKV bias and q/k norms: the parts whose TP sharding is easiest to get wrong."""
+    from nemo_gift.models.policy.config import ModelConfig
+
+    return ModelConfig(arch="qwen2", num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                       num_query_groups=2, vocab_size=64, max_position_embeddings=SEQ, add_qkv_bias=True,
+                       qk_layernorm=True)
+
+
+def batch(step: int) -> dict[str, torch.Tensor]:
+    """Step ``step``'s batch: random tokens, the loss on a random ~3/4 of the positions."""
+    g = torch.Generator().manual_seed(1000 + step)
+    tokens = torch.randint(3, 64, (ROWS, SEQ), generator=g)
+    labels = torch.roll(tokens, -1, dims=1)
+    loss_mask = torch.rand(ROWS, SEQ, generator=g) < 0.75
+    loss_mask[:, -1] = False
+    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask}
+
+
+def initial_weights() -> dict[str, torch.Tensor]:
+    """The TP=1/PP=1 weights drawn from ``INIT_SEED`` (needs a process group; builds no DDP)."""
+    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy.builder import build_gpt_model
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    layout = ParallelConfig()
+    parallel.initialize(layout, seed=INIT_SEED)
+    return {n: p.detach().clone() for n, p in build_gpt_model(model_cfg(), layout).named_parameters()}
+
+
+def build_policy(layout, weights: dict[str, torch.Tensor] | None):
+    """A policy at ``layout`` holding ``weights`` (or random ones when None), with Adam."""
+    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import sharding
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
+
+    parallel.initialize(layout, seed=99)  # a different init: the weights must come from the load
+    policy = MegatronPolicy(model_cfg(), layout, micro_batch_size=MICRO, with_reference=False)
+    if weights is not None:
+        sharding.load_full_state(policy.module, weights)
+    policy.configure_optimizer(OptimizerSettings(lr=LR, clip_grad=1.0, weight_decay=0.01))
+    return policy
+
+
+def train(policy, steps) -> list[float]:
+    """One optimizer step per step in ``steps``; returns the losses."""
+    from nemo_gift.algorithms.objectives import nll_objective
+
+    losses = []
+    for step in steps:
+        b = batch(step)
+        objective = nll_objective(num_tokens=int(b["loss_mask"].sum()))
+        losses.append(policy.train_step(b, objective, group_size=1)["loss"])
+    return losses
+
+
+def full_weights(policy) -> dict[str, torch.Tensor]:
+    """The unsharded weights (TP=1/PP=1 names), on every rank."""
+    from nemo_gift.models.policy import sharding
+
+    module = policy.module
+    return {k: v.clone() for k, v in sharding.gather_full(module, dict(module.named_parameters())).items()}
+
+
+def _inner_optimizers(optimizer):
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def full_adam_state(policy, key: str) -> dict[str, torch.Tensor]:
+    """Adam's ``key`` (``exp_avg`` / ``exp_avg_sq``) of every parameter, unsharded, on every rank.
+
+    Read from the optimizer's own state, independently of any checkpoint code: the distributed
+    optimizer holds, per parameter, the flat slice ``param_range`` that this DP rank owns
+    (zero-filled elsewhere and summed over DP here); the regular one holds the whole tensor.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from nemo_gift.models.policy import sharding
+
+    owned = {}  # model param -> (this rank's state tensor, its flat range in the param)
+    for opt in _inner_optimizers(policy.optimizer):
+        if hasattr(opt, "model_fp32_groups"):  # DistributedOptimizer (fp32 params)
+            for model_group, shard_group in zip(opt.model_fp32_groups, opt.shard_fp32_groups):
+                for param, shard in zip(model_group, shard_group):
+                    r = opt._get_model_param_range_map(param)["param"]
+                    owned[param] = (opt.optimizer.state[shard][key], slice(r.start, r.end))
+        else:
+            for group in opt.optimizer.param_groups:
+                for param in group["params"]:
+                    owned[param] = (opt.optimizer.state[param][key], slice(0, param.numel()))
+    distributed = any(hasattr(opt, "model_fp32_groups") for opt in _inner_optimizers(policy.optimizer))
+    local = {}
+    for name, param in policy.module.named_parameters():  # the same order on every DP rank
+        flat = torch.zeros(param.numel())
+        if param in owned:
+            state, where = owned[param]
+            flat[where] = state.reshape(-1)
+        if distributed:
+            dist.all_reduce(flat, group=ps.get_data_parallel_group())
+        local[name] = flat.view_as(param)
+    return {k: v.clone() for k, v in sharding.gather_full(policy.module, local).items()}
+
+
+def reference_run(rank, world_size, steps: int) -> dict:
+    """The TP=1/DP=1 run on one rank: initial weights, per-step losses, final weights."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    weights = initial_weights()
+    policy = build_policy(ParallelConfig(), weights)
+    losses = train(policy, range(steps))
+    return {"initial": weights, "losses": losses, "final": full_weights(policy)}
+
+
+def layout_runs(rank, world_size, layouts: dict, weights, steps: int) -> dict:
+    """Each named layout (``ParallelConfig`` kwargs) in turn, from ``weights``: per-step losses
+    on every rank, final unsharded weights from rank 0."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    out = {}
+    for name, kwargs in layouts.items():
+        kwargs = dict(kwargs)
+        mutant = kwargs.pop("mutant_unmarked_norms", False)
+        policy = build_policy(ParallelConfig(**kwargs), weights)
+        if mutant:  # a negative control: sequence-parallel norm grads left partial over TP
+            for p in policy.module.parameters():
+                p.sequence_parallel = False
+        losses = train(policy, range(steps))
+        final = full_weights(policy)
+        out[name] = {"losses": losses, "final": final if rank == 0 else None,
+                     "optimizer": type(policy.optimizer).__name__,
+                     "distributed": [type(o).__name__ for o in _inner_optimizers(policy.optimizer)]}
+    return out
