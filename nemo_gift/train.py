@@ -185,7 +185,8 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
         schedule="cosine", warmup_steps=min(100, cfg.sft.steps // 8), decay_steps=cfg.sft.steps,
     ))
     sft_warm_start(policy, task.sft_examples, cfg.sft.steps, task.pad_token_id,
-                   log=lambda step, m: log(step, {f"sft/{k}": v for k, v in m.items()}))
+                   log=lambda step, m: log(step, {f"sft/{k}": v for k, v in m.items()}),
+                   pad_multiple=cfg.parallel.sequence_pad_multiple)
     if cache is not None:
         checkpoint.save_checkpoint(cache, cfg.sft.steps, policy.model, keep_last=1)
 
@@ -272,7 +273,7 @@ def run(cfg: RunConfig) -> list[dict]:
                                 top_k=r.top_k, stop_token_ids=stop),
         eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
                                      stop_token_ids=stop),
-        gift=cfg.gift, grpo=cfg.grpo,
+        gift=cfg.gift, grpo=cfg.grpo, pad_multiple=cfg.parallel.sequence_pad_multiple,
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(

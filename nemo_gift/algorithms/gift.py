@@ -56,6 +56,8 @@ class LoopConfig:
     grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
     seed: int = 1234
     checkpoint_dir: Optional[str] = None
+    pad_multiple: int = 1
+    """Token batches are padded to a multiple of this (the layout's ``sequence_pad_multiple``)."""
 
 
 @dataclasses.dataclass
@@ -202,7 +204,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
         )
     n = len(responses)
     index = [i // cfg.group_size for i in range(n)]
-    batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs)
+    batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs, cfg.pad_multiple)
     metrics["train/reward"] = float(rewards.mean())
     metrics["train/accuracy"] = sum(r == "correct" for r in reasons) / n
     metrics["train/response_length"] = sum(map(len, responses)) / n

@@ -63,6 +63,16 @@ class MegatronPolicy:
             self.reference.load_from(self.module)
 
     # ---------------------------------------------------------------- PolicyInterface
+    def _check_sequence_length(self, tokens: torch.Tensor) -> None:
+        """megatron-core would assert deep in the forward; say which multiple is missing."""
+        multiple = self.parallel.sequence_pad_multiple
+        if tokens.shape[1] % multiple:
+            raise ValueError(
+                f"token batch of sequence length {tokens.shape[1]} is not a multiple of "
+                f"{multiple}, which this layout needs (parallel.sequence_pad_multiple: TP under "
+                f"sequence parallelism, the FP8 GEMM alignment); build it with pad_multiple={multiple}"
+            )
+
     def _dp_rows(self, n: int) -> slice:
         if n % self.dp_size:
             raise ValueError(f"batch of {n} rows does not split over {self.dp_size} data-parallel ranks")
@@ -74,6 +84,7 @@ class MegatronPolicy:
         if reference and self.reference is None:
             raise ValueError("this policy was built without a reference model")
         tokens, labels = batch["tokens"], batch["labels"]
+        self._check_sequence_length(tokens)
         rows = self._dp_rows(tokens.shape[0])
         mine_t, mine_l = tokens[rows], labels[rows]
         b = math.gcd(self.micro_batch_size, mine_t.shape[0])
@@ -99,6 +110,7 @@ class MegatronPolicy:
         if self.optimizer is None:
             raise RuntimeError("configure_optimizer() first")
         n = batch["tokens"].shape[0]
+        self._check_sequence_length(batch["tokens"])
         if n % (self.dp_size * group_size):
             raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
         b = math.gcd(self.micro_batch_size, n // self.dp_size)

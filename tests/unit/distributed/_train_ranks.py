@@ -150,3 +150,46 @@ def layout_runs(rank, world_size, layouts: dict, weights, steps: int) -> dict:
                      "optimizer": type(policy.optimizer).__name__,
                      "distributed": [type(o).__name__ for o in _inner_optimizers(policy.optimizer)]}
     return out
+
+
+def rollout_batch(pad_multiple: int) -> dict[str, torch.Tensor]:
+    """A GIFT mini-batch of K=2 prompts x G=4 responses, the longest sequence 13 tokens, padded
+    to ``pad_multiple`` by the trainer's own ``build_token_batch``."""
+    from nemo_gift.algorithms.rollout import build_token_batch
+
+    g = torch.Generator().manual_seed(5)
+    prompts = [[1, 7, 9, 12, 4], [1, 30, 31]]
+    lengths = [8, 3, 5, 1, 10, 6, 2, 7]  # 5 + 8 = 13 is the longest sequence
+    responses = [torch.randint(3, 64, (n,), generator=g).tolist() for n in lengths]
+    logprobs = [(-torch.rand(n, generator=g)).tolist() for n in lengths]
+    batch = build_token_batch(prompts, responses, [0, 0, 0, 0, 1, 1, 1, 1], 0, logprobs, pad_multiple)
+    batch["baseline_logprobs"] = batch.pop("rollout_logprobs")
+    batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.2, -0.4, -0.4, -0.4])
+    batch["group_index"] = torch.arange(8) // 4
+    return batch
+
+
+def padding_runs(rank, world_size, layout_kwargs: dict, pad_multiples, weights) -> dict:
+    """For each pad multiple: the policy's log-probs of the rollout batch, then one GIFT
+    training step from ``weights`` (its loss and grad norm)."""
+    from nemo_gift.algorithms.config import GiftLossConfig
+    from nemo_gift.algorithms.objectives import gift_objective
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    layout = ParallelConfig(**layout_kwargs)
+    out = {}
+    for m in pad_multiples:
+        policy = build_policy(layout, weights)
+        b = rollout_batch(m)
+        logprobs = policy.logprobs(b)
+        objective = gift_objective(GiftLossConfig(), num_pairs=8, num_groups=2)
+        step = policy.train_step(b, objective, group_size=4)
+        out[m] = {"S": b["tokens"].shape[1], "logprobs": logprobs, "loss_mask": b["loss_mask"],
+                  "loss": step["loss"], "grad_norm": step["grad_norm"]}
+    policy = build_policy(layout, weights)
+    try:
+        policy.logprobs(rollout_batch(1))
+        out["unpadded_error"] = None
+    except ValueError as err:
+        out["unpadded_error"] = str(err)
+    return out
