@@ -216,9 +216,10 @@ def run(cfg: RunConfig) -> list[dict]:
     ckpt_root = run_dir / "checkpoints"
     resume = None
     if cfg.checkpoint.resume == "auto":
-        resume = checkpoint.latest_checkpoint(ckpt_root)
+        resume = checkpoint.resumable_checkpoint(ckpt_root)  # skips a corrupt newest one, logging why
     elif cfg.checkpoint.resume != "never":
         resume = Path(cfg.checkpoint.resume)
+        checkpoint.verify_checkpoint(resume)
     start_step = checkpoint.read_metadata(resume)["step"] if resume else 0
 
     logger = MetricsLogger(

@@ -238,6 +238,76 @@ def _patch_distributed_optimizer_types():
     DistributedOptimizer.__init__ = cpu_init
 
 
+def _allocate_adam_state(torch_optimizer) -> None:
+    """The state torch's Adam/AdamW allocates at its first step (``_init_group`` in
+    ``torch/optim/adam.py``): ``step`` 0 and zero moments, for every parameter without state."""
+    for group in torch_optimizer.param_groups:
+        for p in group["params"]:
+            if not torch_optimizer.state[p]:
+                torch_optimizer.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+
+
+def _patch_distributed_optimizer_fresh_load():
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    sharded_state_dict = DistributedOptimizer.sharded_state_dict
+    if getattr(sharded_state_dict, "_nemo_gift_cpu", False):
+        return
+
+    def cpu_sharded_state_dict(self, model_sharded_state_dict=None, is_loading=False, *args, **kwargs):
+        if is_loading and isinstance(self.optimizer, torch.optim.Adam | torch.optim.AdamW):
+            _allocate_adam_state(self.optimizer)
+        return sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, *args, **kwargs)
+
+    cpu_sharded_state_dict._nemo_gift_cpu = True
+    DistributedOptimizer.sharded_state_dict = cpu_sharded_state_dict
+
+
+def _patch_distributed_optimizer_step_state():
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    set_states = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(set_states, "_nemo_gift_cpu", False):
+        return
+
+    def cpu_set_states(self, model_param, tensors):
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")
+            if isinstance(step, torch.Tensor):  # already restored from the param groups: keep it
+                tensors = {**tensors, "step": step}
+        return set_states(self, model_param, tensors)
+
+    cpu_set_states._nemo_gift_cpu = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = cpu_set_states
+
+
+def _patch_distributed_optimizer_shared_step():
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    load_state_dict = DistributedOptimizer.load_state_dict
+    if getattr(load_state_dict, "_nemo_gift_cpu", False):
+        return
+
+    def cpu_load_state_dict(self, state_dict):
+        load_state_dict(self, state_dict)
+        seen = set()
+        for state in self.optimizer.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:  # one tensor restored to several parameters: give each its own
+                    state["step"] = step.clone()
+                seen.add(id(state["step"]))
+
+    cpu_load_state_dict._nemo_gift_cpu = True
+    DistributedOptimizer.load_state_dict = cpu_load_state_dict
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "current_device",
@@ -287,6 +357,31 @@ PATCHES: tuple[Patch, ...] = (
         "Parameter.type() reports the CUDA name of the same dtype",
         "0.16.1, 0.19.2",
         _patch_distributed_optimizer_types,
+    ),
+    Patch(
+        "distributed_optimizer_fresh_load",
+        "without Apex/TE (CPU) DistributedOptimizer wraps torch's Adam, whose per-param 'step' "
+        "exists only after a first step; sharded_state_dict(is_loading=True) of a fresh optimizer "
+        "then fails 'assert len(steps) == 1' in state_dict(). Allocate the state as Adam's first "
+        "step would (step 0, zero moments) before loading",
+        "0.16.1, 0.19.2",
+        _patch_distributed_optimizer_fresh_load,
+    ),
+    Patch(
+        "distributed_optimizer_step_state",
+        "load_parameter_state_from_fully_reshardable skips torch Adam's 'step' (restored from the "
+        "param groups) but _set_main_param_and_optimizer_states copies every state key of the "
+        "destination, so it raises KeyError: 'step'; pass the restored step through unchanged",
+        "0.16.1, 0.19.2",
+        _patch_distributed_optimizer_step_state,
+    ),
+    Patch(
+        "distributed_optimizer_shared_step",
+        "DistributedOptimizer.load_state_dict (without Apex/TE) restores torch Adam's 'step' as ONE "
+        "tensor shared by every parameter; Adam increments it in place once per parameter, so the "
+        "bias correction runs ahead after a resume. Give each parameter its own copy",
+        "0.16.1, 0.19.2",
+        _patch_distributed_optimizer_shared_step,
     ),
 )
 

@@ -57,7 +57,9 @@ def build_policy(layout, weights: dict[str, torch.Tensor] | None):
     policy = MegatronPolicy(model_cfg(), layout, micro_batch_size=MICRO, with_reference=False)
     if weights is not None:
         sharding.load_full_state(policy.module, weights)
-    policy.configure_optimizer(OptimizerSettings(lr=LR, clip_grad=1.0, weight_decay=0.01))
+    policy.configure_optimizer(
+        OptimizerSettings(lr=LR, clip_grad=1.0, weight_decay=0.01, warmup_steps=4, warmup_init_lr=LR / 10)
+    )
     return policy
 
 
@@ -193,3 +195,89 @@ def padding_runs(rank, world_size, layout_kwargs: dict, pad_multiples, weights) 
     except ValueError as err:
         out["unpadded_error"] = str(err)
     return out
+
+
+def adam_steps(policy) -> list[float]:
+    """The distinct Adam step counts held in the optimizer state (one when consistent)."""
+    return sorted({float(state["step"]) for opt in _inner_optimizers(policy.optimizer)
+                   for state in opt.optimizer.state.values() if "step" in state})
+
+
+def optimizer_snapshot(policy) -> dict:
+    """Unsharded weights and Adam moments, the Adam step and the LR, on every rank."""
+    return {"weights": full_weights(policy), "exp_avg": full_adam_state(policy, "exp_avg"),
+            "exp_avg_sq": full_adam_state(policy, "exp_avg_sq"), "adam_steps": adam_steps(policy),
+            "lr": policy.optimizer.param_groups[0]["lr"]}
+
+
+RESUME_STEP = 2
+TRAINER_STATE = {"step": RESUME_STEP, "sampler": {"epoch": 0, "offset": 7}}
+
+
+def resharding_source(rank, world_size, root: str, weights, layout_kwargs: dict) -> dict:
+    """The uninterrupted run: steps 0, 1, a checkpoint, steps 2, 3. Then a fresh policy at
+    the same layout resumes from the checkpoint and runs steps 2, 3 again."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    layout = ParallelConfig(**layout_kwargs)
+    policy = build_policy(layout, weights)
+    train(policy, range(RESUME_STEP))
+    path = policy.save(root, RESUME_STEP, TRAINER_STATE, keep_last=2)
+    saved = optimizer_snapshot(policy)
+    continued = train(policy, range(RESUME_STEP, RESUME_STEP + 2))
+    fresh = build_policy(layout, None)
+    state = fresh.load(path)
+    resumed = train(fresh, range(RESUME_STEP, RESUME_STEP + 2))
+    return {"path": path, "saved": saved if rank == 0 else None, "continued": continued,
+            "resumed_same_layout": resumed, "trainer_state": state}
+
+
+def resharding_target(rank, world_size, path: str, layout_kwargs: dict, try_other_optimizer: bool) -> dict:
+    """Resume ``path`` at another layout: what the load restored, then steps 2, 3."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    policy = build_policy(ParallelConfig(**layout_kwargs), None)
+    state = policy.load(path)
+    restored = optimizer_snapshot(policy)
+    losses = train(policy, range(RESUME_STEP, RESUME_STEP + 2))
+    out = {"restored": restored if rank == 0 else None, "losses": losses, "trainer_state": state}
+    if try_other_optimizer:
+        other = dict(layout_kwargs, use_distributed_optimizer=not layout_kwargs.get("use_distributed_optimizer"))
+        try:
+            build_policy(ParallelConfig(**other), None).load(path)
+            out["other_optimizer_error"] = None
+        except ValueError as err:
+            out["other_optimizer_error"] = str(err)
+    return out
+
+
+def save_each_step(rank, world_size, root: str, layout_kwargs: dict, steps: int) -> list[float]:
+    """``steps`` steps from the reference weights with a checkpoint after each (all kept);
+    returns the losses."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    policy = build_policy(ParallelConfig(**layout_kwargs), initial_weights())
+    losses = []
+    for step in range(steps):
+        losses += train(policy, [step])
+        policy.save(root, step + 1, {"step": step + 1}, keep_last=steps)
+    return losses
+
+
+def resume_newest_and_finish(rank, world_size, root: str, layout_kwargs: dict, steps: int) -> dict:
+    """What the trainer does on ``checkpoint.resume=auto``: the newest intact checkpoint, then
+    the remaining steps; returns the step resumed from, the losses and the warnings logged."""
+    import logging
+
+    from nemo_gift.models.policy import checkpoint
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger(checkpoint.__name__).addHandler(handler)
+    path = checkpoint.resumable_checkpoint(root)
+    policy = build_policy(ParallelConfig(**layout_kwargs), None)
+    start = policy.load(str(path))["step"]
+    return {"start": start, "losses": train(policy, range(start, steps)), "warnings": records}
+

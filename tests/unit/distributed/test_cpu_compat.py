@@ -100,8 +100,47 @@ NEEDED_BY_TRAIN_STEP = {
 }
 
 
+def _distributed_optimizer_resume(rank, world_size, root):
+    """One step with the distributed optimizer, a checkpoint, a fresh policy loads it and takes
+    one more step: the Adam step counts it then holds."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    from ._train_ranks import adam_steps, build_policy, train
+
+    layout = ParallelConfig(use_distributed_optimizer=True)
+    policy = build_policy(layout, None)
+    train(policy, range(1))
+    path = policy.save(root, 1, {}, keep_last=1)
+    fresh = build_policy(layout, None)
+    fresh.load(path)
+    train(fresh, range(1, 2))
+    return adam_steps(fresh)
+
+
+# patch name -> a regex of the failure without it
+NEEDED_BY_RESUME = {
+    "distributed_optimizer_fresh_load": r"in state_dict\n\s+assert len\(steps\) == 1",
+    "distributed_optimizer_step_state": r"KeyError: 'step'",
+}
+
+
+def test_distributed_optimizer_resume_patches_are_still_needed(tmp_path):
+    # with every patch the resumed step count is 2 (test_reshard.py checks the whole resume)
+    for patch, expected in NEEDED_BY_RESUME.items():
+        with pytest.raises(RankFailure) as err:
+            run_on_ranks(_distributed_optimizer_resume, 1, args=(str(tmp_path / patch),),
+                         env={cpu_compat.SKIP_ENV: patch}, timeout=120)
+        assert re.search(expected, str(err.value)), f"patch {patch!r} may be obsolete:\n{str(err.value)[-1500:]}"
+    # without distributed_optimizer_shared_step, all parameters share one step tensor, which
+    # Adam increments once per parameter: the step count runs ahead of 2
+    (steps,) = run_on_ranks(_distributed_optimizer_resume, 1, args=(str(tmp_path / "shared"),),
+                            env={cpu_compat.SKIP_ENV: "distributed_optimizer_shared_step"}, timeout=120)
+    assert steps != [2.0] and max(steps) > 2.0, steps
+
+
 def test_every_patch_is_covered_here():
-    assert set(NEEDED_BY_TRAIN_STEP) | {"gloo_contiguous_scatter"} == {p.name for p in cpu_compat.PATCHES}
+    covered = set(NEEDED_BY_TRAIN_STEP) | set(NEEDED_BY_RESUME) | {"distributed_optimizer_shared_step"}
+    assert covered | {"gloo_contiguous_scatter"} == {p.name for p in cpu_compat.PATCHES}
     assert all(p.reason and p.needed_on for p in cpu_compat.PATCHES)
 
 
