@@ -16,9 +16,11 @@ Rules:
   so nothing else pays a per-op dispatch cost.
 
 The recipes' own training state runs here too: the distributed optimizer through the
-``distributed_optimizer_types`` patch, and sequence parallelism through the project's layer spec
-(:class:`nemo_gift.models.policy.builder.RMSNorm`, whose weights are marked
-``sequence_parallel``), not through a patch.
+``distributed_optimizer_types`` patch; its checkpoints (``dist_checkpointing``) through three
+patches of megatron-core's torch-Adam path, the one it takes without Apex or Transformer Engine
+(``distributed_optimizer_fresh_load``, ``_step_state``, ``_shared_step``); and sequence
+parallelism through the project's layer spec (:class:`nemo_gift.models.policy.builder.RMSNorm`,
+whose weights are marked ``sequence_parallel``), not through a patch.
 """
 
 from __future__ import annotations
@@ -218,13 +220,19 @@ def _cuda_type_name(self, *args, **kwargs):
     return _CUDA_TYPE_NAMES.get(name, name)
 
 
-def _patch_distributed_optimizer_types():
+def _wrap_distributed_optimizer(name: str, wrap) -> None:
+    """Replace ``DistributedOptimizer.<name>`` with ``wrap(original)``, once (idempotent)."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    init = DistributedOptimizer.__init__
-    if getattr(init, "_nemo_gift_cpu", False):
+    original = getattr(DistributedOptimizer, name)
+    if getattr(original, "_nemo_gift_cpu", False):
         return
+    wrapper = wrap(original)
+    wrapper._nemo_gift_cpu = True
+    setattr(DistributedOptimizer, name, wrapper)
 
+
+def _cuda_typed_init(init):
     def cpu_init(self, *args, **kwargs):
         # Only while the optimizer sorts its parameters by type; torch.nn.Parameter has no
         # ``type`` of its own, so deleting the override restores Tensor.type.
@@ -234,8 +242,7 @@ def _patch_distributed_optimizer_types():
         finally:
             del torch.nn.Parameter.type
 
-    cpu_init._nemo_gift_cpu = True
-    DistributedOptimizer.__init__ = cpu_init
+    return cpu_init
 
 
 def _allocate_adam_state(torch_optimizer) -> None:
@@ -251,29 +258,16 @@ def _allocate_adam_state(torch_optimizer) -> None:
                 }
 
 
-def _patch_distributed_optimizer_fresh_load():
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    sharded_state_dict = DistributedOptimizer.sharded_state_dict
-    if getattr(sharded_state_dict, "_nemo_gift_cpu", False):
-        return
-
+def _fresh_state_on_load(sharded_state_dict):
     def cpu_sharded_state_dict(self, model_sharded_state_dict=None, is_loading=False, *args, **kwargs):
         if is_loading and isinstance(self.optimizer, torch.optim.Adam | torch.optim.AdamW):
             _allocate_adam_state(self.optimizer)
         return sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, *args, **kwargs)
 
-    cpu_sharded_state_dict._nemo_gift_cpu = True
-    DistributedOptimizer.sharded_state_dict = cpu_sharded_state_dict
+    return cpu_sharded_state_dict
 
 
-def _patch_distributed_optimizer_step_state():
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    set_states = DistributedOptimizer._set_main_param_and_optimizer_states
-    if getattr(set_states, "_nemo_gift_cpu", False):
-        return
-
+def _keep_restored_step(set_states):
     def cpu_set_states(self, model_param, tensors):
         if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
             group_index, group_order = self.model_param_group_index_map[model_param]
@@ -283,17 +277,10 @@ def _patch_distributed_optimizer_step_state():
                 tensors = {**tensors, "step": step}
         return set_states(self, model_param, tensors)
 
-    cpu_set_states._nemo_gift_cpu = True
-    DistributedOptimizer._set_main_param_and_optimizer_states = cpu_set_states
+    return cpu_set_states
 
 
-def _patch_distributed_optimizer_shared_step():
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    load_state_dict = DistributedOptimizer.load_state_dict
-    if getattr(load_state_dict, "_nemo_gift_cpu", False):
-        return
-
+def _unshare_steps(load_state_dict):
     def cpu_load_state_dict(self, state_dict):
         load_state_dict(self, state_dict)
         seen = set()
@@ -304,8 +291,7 @@ def _patch_distributed_optimizer_shared_step():
                     state["step"] = step.clone()
                 seen.add(id(state["step"]))
 
-    cpu_load_state_dict._nemo_gift_cpu = True
-    DistributedOptimizer.load_state_dict = cpu_load_state_dict
+    return cpu_load_state_dict
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -356,7 +342,7 @@ PATCHES: tuple[Patch, ...] = (
         "'Wrapped parameters must be one of torch.cuda.FloatTensor' for CPU ones; while it runs, "
         "Parameter.type() reports the CUDA name of the same dtype",
         "0.16.1, 0.19.2",
-        _patch_distributed_optimizer_types,
+        lambda: _wrap_distributed_optimizer("__init__", _cuda_typed_init),
     ),
     Patch(
         "distributed_optimizer_fresh_load",
@@ -365,7 +351,7 @@ PATCHES: tuple[Patch, ...] = (
         "then fails 'assert len(steps) == 1' in state_dict(). Allocate the state as Adam's first "
         "step would (step 0, zero moments) before loading",
         "0.16.1, 0.19.2",
-        _patch_distributed_optimizer_fresh_load,
+        lambda: _wrap_distributed_optimizer("sharded_state_dict", _fresh_state_on_load),
     ),
     Patch(
         "distributed_optimizer_step_state",
@@ -373,7 +359,7 @@ PATCHES: tuple[Patch, ...] = (
         "param groups) but _set_main_param_and_optimizer_states copies every state key of the "
         "destination, so it raises KeyError: 'step'; pass the restored step through unchanged",
         "0.16.1, 0.19.2",
-        _patch_distributed_optimizer_step_state,
+        lambda: _wrap_distributed_optimizer("_set_main_param_and_optimizer_states", _keep_restored_step),
     ),
     Patch(
         "distributed_optimizer_shared_step",
@@ -381,7 +367,7 @@ PATCHES: tuple[Patch, ...] = (
         "tensor shared by every parameter; Adam increments it in place once per parameter, so the "
         "bias correction runs ahead after a resume. Give each parameter its own copy",
         "0.16.1, 0.19.2",
-        _patch_distributed_optimizer_shared_step,
+        lambda: _wrap_distributed_optimizer("load_state_dict", _unshare_steps),
     ),
 )
 

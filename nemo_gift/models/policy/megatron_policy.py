@@ -163,6 +163,8 @@ class MegatronPolicy:
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
+        """Collectively save weights, optimizer (Adam moments included), LR schedule, RNG and
+        ``trainer_state`` (JSON) as ``root/step_{step:06d}``; returns its path."""
         from nemo_gift.config.convert import to_dict
 
         path = checkpoint.save_checkpoint(
@@ -172,4 +174,6 @@ class MegatronPolicy:
         return str(path)
 
     def load(self, path: str) -> dict[str, Any]:
+        """Collectively restore a checkpoint, saved at this or another TP/PP/DP layout; returns
+        its ``trainer_state``."""
         return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
