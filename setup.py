@@ -49,6 +49,9 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16",
     "matplotlib>=3.8",
     "tqdm>=4.66",
+    # megatron-core's torch_dist checkpoint writer needs it (its workers die without it, and the
+    # save then hangs) but does not declare it.
+    "psutil>=5.9",
 ]
 
 EXTRAS = {

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_gift.config.convert import ConfigError, to_dict
-from nemo_gift.config.resume import RUN_CONFIG_KEY, ResumePlan, plan_resume, record_changes
+from nemo_gift.config.resume import RUN_CONFIG_KEY, ResumePlan, plan_resume, record_changes, verified_plan
 from nemo_gift.config.schema import RunConfig, read_run_config
 
 
@@ -217,7 +217,8 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
         schedule="cosine", warmup_steps=min(100, cfg.sft.steps // 8), decay_steps=cfg.sft.steps,
     ))
     sft_warm_start(policy, task.sft_examples, cfg.sft.steps, task.pad_token_id,
-                   log=lambda step, m: log(step, {f"sft/{k}": v for k, v in m.items()}))
+                   log=lambda step, m: log(step, {f"sft/{k}": v for k, v in m.items()}),
+                   pad_multiple=cfg.parallel.sequence_pad_multiple)
     if cache is not None:
         checkpoint.save_checkpoint(cache, cfg.sft.steps, policy.model, keep_last=1)
 
@@ -246,6 +247,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
     max_steps = t.max_steps if t.epochs is None else t.epochs * sampler.steps_per_epoch
 
     ckpt_root = run_dir / "checkpoints"
+    plan = verified_plan(cfg, plan)  # file contents checked over the ranks; a corrupt newest checkpoint falls back
     resume, start_step = plan.checkpoint, plan.step
 
     logger = MetricsLogger(
@@ -305,6 +307,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
         eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
                                      stop_token_ids=stop),
         gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
+        pad_multiple=cfg.parallel.sequence_pad_multiple,
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(

@@ -60,6 +60,8 @@ class LoopConfig:
     checkpoint_dir: Optional[str] = None
     trainer_state: dict = dataclasses.field(default_factory=dict)
     """Saved in every checkpoint's trainer state beside the loop's own (the resolved run config)."""
+    pad_multiple: int = 1
+    """Token batches are padded to a multiple of this (the layout's ``sequence_pad_multiple``)."""
 
 
 @dataclasses.dataclass
@@ -224,7 +226,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
     parts.engine.sleep()  # its memory goes to training until the refit below wakes it
     n = len(responses)
     index = [i // cfg.group_size for i in range(n)]
-    batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs)
+    batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs, cfg.pad_multiple)
     metrics["train/reward"] = float(rewards.mean())
     metrics["train/accuracy"] = sum(r == "correct" for r in reasons) / n
     metrics["train/response_length"] = sum(map(len, responses)) / n

@@ -10,6 +10,11 @@ Symbols: B prompts, G responses each, N = B*G sequences, S the padded length of
 ``labels[:, t]`` is the token predicted at ``t`` and ``loss_mask`` is True where that token is a
 response token; the rollout engine's ``logprobs[r, j]`` (response token ``j``) lands at
 ``t = len(prompt) - 1 + j``.
+
+S is the longest sequence rounded up to the layout's pad multiple (:func:`padded_length`;
+``parallel.sequence_pad_multiple``: TP under sequence parallelism, the FP8 GEMM alignment).
+The extra columns are pad tokens with ``loss_mask`` False: with causal attention no real
+position sees them, so they change no log-prob and no loss.
 """
 
 from __future__ import annotations
@@ -20,20 +25,29 @@ from typing import Any, Sequence
 import torch
 
 
+def padded_length(longest: int, pad_multiple: int = 1) -> int:
+    """The sequence length S of a token batch: ``longest`` rounded up to ``pad_multiple``."""
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
+    return -(-longest // pad_multiple) * pad_multiple
+
+
 def build_token_batch(
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     prompt_index: Sequence[int],
     pad_token_id: int,
     response_logprobs: Sequence[Sequence[float]] | None = None,
+    pad_multiple: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``tokens``, ``labels``, ``loss_mask`` [N, S] (and ``rollout_logprobs`` [N, S]
-    when the engine's log-probs are given) for the N responses; see the module docstring."""
+    when the engine's log-probs are given) for the N responses, S a multiple of
+    ``pad_multiple``; see the module docstring."""
     n = len(responses)
     if n == 0 or len(prompt_index) != n:
         raise ValueError(f"{n} responses with {len(prompt_index)} prompt indices")
     seqs = [list(prompts[int(i)]) + list(r) for i, r in zip(prompt_index, responses)]
-    s = max(len(x) for x in seqs)
+    s = padded_length(max(len(x) for x in seqs), pad_multiple)
     tokens = torch.full((n, s), pad_token_id, dtype=torch.long)
     loss_mask = torch.zeros(n, s, dtype=torch.bool)
     rollout_lp = torch.zeros(n, s) if response_logprobs is not None else None

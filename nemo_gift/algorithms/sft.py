@@ -13,12 +13,16 @@ import torch
 
 from nemo_gift.algorithms.interfaces import PolicyInterface
 from nemo_gift.algorithms.objectives import nll_objective
+from nemo_gift.algorithms.rollout import padded_length
 
 
-def build_sft_batch(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def build_sft_batch(
+    examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, pad_multiple: int = 1
+) -> dict[str, torch.Tensor]:
     """``tokens``, ``labels``, ``loss_mask`` [N, S] from ``(ids, per-token loss mask)`` pairs: the
-    loss falls on predicting each token whose mask is 1."""
-    n, s = len(examples), max(len(ids) for ids, _ in examples)
+    loss falls on predicting each token whose mask is 1. S is the longest example rounded up to
+    ``pad_multiple`` (:func:`~nemo_gift.algorithms.rollout.padded_length`)."""
+    n, s = len(examples), padded_length(max(len(ids) for ids, _ in examples), pad_multiple)
     tokens = torch.full((n, s), pad_token_id, dtype=torch.long)
     target_mask = torch.zeros(n, s, dtype=torch.bool)
     for row, (ids, mask) in enumerate(examples):
@@ -39,11 +43,13 @@ def sft_warm_start(
     steps: int,
     pad_token_id: int,
     log: Callable[[int, dict], None] = lambda step, metrics: None,
+    pad_multiple: int = 1,
 ) -> list[dict[str, float]]:
-    """``steps`` optimizer steps, each on ``examples(step)``; returns the per-step metrics."""
+    """``steps`` optimizer steps, each on ``examples(step)`` padded to ``pad_multiple``;
+    returns the per-step metrics."""
     history = []
     for step in range(steps):
-        batch = build_sft_batch(examples(step), pad_token_id)
+        batch = build_sft_batch(examples(step), pad_token_id, pad_multiple)
         objective = nll_objective(num_tokens=int(batch["loss_mask"].sum()))
         metrics = policy.train_step(batch, objective, group_size=1)
         history.append(metrics)

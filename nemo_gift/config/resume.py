@@ -137,8 +137,15 @@ def read_saved_config(path: Path) -> tuple[int, dict | None]:
 
 
 def plan_resume(cfg) -> ResumePlan:
-    """Where ``cfg`` resumes from; raise :class:`ConfigError` on a refused trajectory change."""
-    path = resume_checkpoint(cfg)
+    """Where ``cfg`` resumes from; raise :class:`ConfigError` on a refused trajectory change.
+
+    Reads only metadata and file sizes (no process group, no file contents): the launcher calls
+    it before any work, and :func:`verified_plan` checks the contents once the ranks exist."""
+    return plan_for(cfg, resume_checkpoint(cfg))
+
+
+def plan_for(cfg, path: Path | None) -> ResumePlan:
+    """:func:`plan_resume` for the checkpoint ``path`` (None: a fresh start)."""
     if path is None:
         return ResumePlan()
     step, saved = read_saved_config(path)
@@ -156,6 +163,22 @@ def plan_resume(cfg) -> ResumePlan:
     return ResumePlan(path, step, changes)
 
 
+def verified_plan(cfg, plan: ResumePlan) -> ResumePlan:
+    """``plan`` once the checkpoint's contents are checked (the CRC-32 of every file, the work
+    split over the ranks: call it on every rank). A checkpoint named by ``checkpoint.resume``
+    must be intact (``ValueError`` naming the bad file); with ``auto``, a corrupt newest one is
+    skipped for the newest intact one, with a warning, and that one's config is compared in turn."""
+    from nemo_gift.models.policy import checkpoint
+
+    if plan.checkpoint is None:
+        return plan
+    if cfg.checkpoint.resume != "auto":
+        checkpoint.verify_checkpoint(plan.checkpoint)
+        return plan
+    path = checkpoint.resumable_checkpoint(Path(cfg.run_dir) / "checkpoints")
+    return plan if path == plan.checkpoint else plan_for(cfg, path)
+
+
 def record_changes(run_dir: str | Path, plan: ResumePlan) -> None:
     """Append an allowed resume's changes to RUN_DIR/config_changes.jsonl and log them."""
     if not plan.changes:
@@ -170,5 +193,5 @@ def record_changes(run_dir: str | Path, plan: ResumePlan) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["NOT_TRAJECTORY", "ResumePlan", "config_changes", "plan_resume", "record_changes", "resume_checkpoint",
-           "trajectory_changes"]
+__all__ = ["NOT_TRAJECTORY", "ResumePlan", "config_changes", "plan_for", "plan_resume", "record_changes",
+           "resume_checkpoint", "trajectory_changes", "verified_plan"]

@@ -15,9 +15,12 @@ Rules:
   modules that contain them (a module-local ``torch`` proxy), not by a global function mode,
   so nothing else pays a per-op dispatch cost.
 
-Known not to work on CPU, and refused by config validation (see :data:`CPU_UNSUPPORTED`):
-the distributed optimizer (CUDA tensor-type checks) and sequence parallelism (the local
-layer spec's torch LayerNorm asserts; it needs Apex or Transformer Engine).
+The recipes' own training state runs here too: the distributed optimizer through the
+``distributed_optimizer_types`` patch; its checkpoints (``dist_checkpointing``) through three
+patches of megatron-core's torch-Adam path, the one it takes without Apex or Transformer Engine
+(``distributed_optimizer_fresh_load``, ``_step_state``, ``_shared_step``); and sequence
+parallelism through the project's layer spec (:class:`nemo_gift.models.policy.builder.RMSNorm`,
+whose weights are marked ``sequence_parallel``), not through a patch.
 """
 
 from __future__ import annotations
@@ -31,21 +34,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Patch", "PATCHES", "CPU_UNSUPPORTED", "apply", "applied", "cpu_mode"]
+__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode"]
 
 SKIP_ENV = "NEMO_GIFT_CPU_COMPAT_SKIP"
-
-CPU_UNSUPPORTED = {
-    "use_distributed_optimizer": (
-        "megatron-core's distributed optimizer checks for torch.cuda tensor types; "
-        "on CPU set use_distributed_optimizer=false"
-    ),
-    "sequence_parallel": (
-        "sequence parallelism needs the Apex or Transformer Engine LayerNorm; the local "
-        "layer spec's torch norm asserts. On CPU set sequence_parallel=false"
-    ),
-}
-"""Features that cannot run on the CPU stack, with the message validation gives for each."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +204,96 @@ def _patch_gloo_scatter():
     dist.scatter = contiguous_scatter
 
 
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+def _cuda_type_name(self, *args, **kwargs):
+    """``Parameter.type()`` as a CUDA build names it (``torch.cuda.FloatTensor`` ...); with
+    arguments (a cast) it is the real ``Tensor.type``."""
+    name = torch.Tensor.type(self, *args, **kwargs)
+    if args or kwargs:
+        return name
+    return _CUDA_TYPE_NAMES.get(name, name)
+
+
+def _wrap_distributed_optimizer(name: str, wrap) -> None:
+    """Replace ``DistributedOptimizer.<name>`` with ``wrap(original)``, once (idempotent)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = getattr(DistributedOptimizer, name)
+    if getattr(original, "_nemo_gift_cpu", False):
+        return
+    wrapper = wrap(original)
+    wrapper._nemo_gift_cpu = True
+    setattr(DistributedOptimizer, name, wrapper)
+
+
+def _cuda_typed_init(init):
+    def cpu_init(self, *args, **kwargs):
+        # Only while the optimizer sorts its parameters by type; torch.nn.Parameter has no
+        # ``type`` of its own, so deleting the override restores Tensor.type.
+        torch.nn.Parameter.type = _cuda_type_name
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            del torch.nn.Parameter.type
+
+    return cpu_init
+
+
+def _allocate_adam_state(torch_optimizer) -> None:
+    """The state torch's Adam/AdamW allocates at its first step (``_init_group`` in
+    ``torch/optim/adam.py``): ``step`` 0 and zero moments, for every parameter without state."""
+    for group in torch_optimizer.param_groups:
+        for p in group["params"]:
+            if not torch_optimizer.state[p]:
+                torch_optimizer.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+
+
+def _fresh_state_on_load(sharded_state_dict):
+    def cpu_sharded_state_dict(self, model_sharded_state_dict=None, is_loading=False, *args, **kwargs):
+        if is_loading and isinstance(self.optimizer, torch.optim.Adam | torch.optim.AdamW):
+            _allocate_adam_state(self.optimizer)
+        return sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, *args, **kwargs)
+
+    return cpu_sharded_state_dict
+
+
+def _keep_restored_step(set_states):
+    def cpu_set_states(self, model_param, tensors):
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")
+            if isinstance(step, torch.Tensor):  # already restored from the param groups: keep it
+                tensors = {**tensors, "step": step}
+        return set_states(self, model_param, tensors)
+
+    return cpu_set_states
+
+
+def _unshare_steps(load_state_dict):
+    def cpu_load_state_dict(self, state_dict):
+        load_state_dict(self, state_dict)
+        seen = set()
+        for state in self.optimizer.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:  # one tensor restored to several parameters: give each its own
+                    state["step"] = step.clone()
+                seen.add(id(state["step"]))
+
+    return cpu_load_state_dict
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "current_device",
@@ -254,6 +335,39 @@ PATCHES: tuple[Patch, ...] = (
         "hit by TP weight loading of row-parallel shards); make the inputs contiguous",
         "torch 2.13.0 gloo (any megatron-core)",
         _patch_gloo_scatter,
+    ),
+    Patch(
+        "distributed_optimizer_types",
+        "DistributedOptimizer.__init__ sorts the parameters by model_param.type() and raises "
+        "'Wrapped parameters must be one of torch.cuda.FloatTensor' for CPU ones; while it runs, "
+        "Parameter.type() reports the CUDA name of the same dtype",
+        "0.16.1, 0.19.2",
+        lambda: _wrap_distributed_optimizer("__init__", _cuda_typed_init),
+    ),
+    Patch(
+        "distributed_optimizer_fresh_load",
+        "without Apex/TE (CPU) DistributedOptimizer wraps torch's Adam, whose per-param 'step' "
+        "exists only after a first step; sharded_state_dict(is_loading=True) of a fresh optimizer "
+        "then fails 'assert len(steps) == 1' in state_dict(). Allocate the state as Adam's first "
+        "step would (step 0, zero moments) before loading",
+        "0.16.1, 0.19.2",
+        lambda: _wrap_distributed_optimizer("sharded_state_dict", _fresh_state_on_load),
+    ),
+    Patch(
+        "distributed_optimizer_step_state",
+        "load_parameter_state_from_fully_reshardable skips torch Adam's 'step' (restored from the "
+        "param groups) but _set_main_param_and_optimizer_states copies every state key of the "
+        "destination, so it raises KeyError: 'step'; pass the restored step through unchanged",
+        "0.16.1, 0.19.2",
+        lambda: _wrap_distributed_optimizer("_set_main_param_and_optimizer_states", _keep_restored_step),
+    ),
+    Patch(
+        "distributed_optimizer_shared_step",
+        "DistributedOptimizer.load_state_dict (without Apex/TE) restores torch Adam's 'step' as ONE "
+        "tensor shared by every parameter; Adam increments it in place once per parameter, so the "
+        "bias correction runs ahead after a resume. Give each parameter its own copy",
+        "0.16.1, 0.19.2",
+        lambda: _wrap_distributed_optimizer("load_state_dict", _unshare_steps),
     ),
 )
 

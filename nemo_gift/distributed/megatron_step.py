@@ -21,11 +21,6 @@ reduced ``main_grad`` is exactly dL/dtheta. It reports the unscaled ``l_{j,d}`` 
 is refused rather than silently mis-scaled. :func:`run_step` sums the reported values over
 the micro-batches and DP ranks.
 
-Sequence padding: with sequence parallelism or FP8 the sequence length must be a multiple of
-:func:`nemo_gift.models.policy.config.sequence_padding_multiple`; :func:`pad_sequences` right-pads
-every [b, S] tensor of the micro-batches (tokens and labels with 0, masks with False). Padding
-on the right of a causal model changes no earlier position, and ``loss_mask`` excludes it.
-
 PP: only the last stage has logits, so only it computes log-probs and the loss.
 :func:`broadcast_from_last_stage` gives the results to the other stages (``docs/parallelism.md``).
 """
@@ -43,7 +38,7 @@ from nemo_gift.algorithms.objectives import gift_objective
 from nemo_gift.distributed.group_stats import GroupPartition, GroupStatsMode, dp_all_reduce
 from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
 
-__all__ = ["shard_batch", "dp_gift_objective", "make_forward_step", "run_step", "forward_logprobs", "pad_sequences"]
+__all__ = ["shard_batch", "dp_gift_objective", "make_forward_step", "run_step", "forward_logprobs"]
 
 MicroBatch = Mapping[str, torch.Tensor]
 
@@ -111,27 +106,6 @@ def _model_inputs(mb: MicroBatch):
     return tokens, pos, mask
 
 
-def pad_sequences(micro_batches: list[MicroBatch], multiple: int) -> list[MicroBatch]:
-    """Right-pad every [b, S] tensor to S' = the next multiple of ``multiple`` (zeros/False)."""
-    s = micro_batches[0]["tokens"].shape[1]
-    extra = -s % multiple
-    if not extra:
-        return micro_batches
-    if any("attention_mask" in mb or "position_ids" in mb for mb in micro_batches):
-        raise ValueError("pad_sequences pads causal micro-batches; these bring their own attention_mask/position_ids")
-    return [{k: torch.nn.functional.pad(v, (0, extra)) if v.dim() == 2 and v.shape[1] == s else v
-             for k, v in mb.items()} for mb in micro_batches]
-
-
-def _model_multiple(model) -> int:
-    from megatron.core.utils import get_model_config
-
-    from nemo_gift.models.policy.config import sequence_padding_multiple
-
-    c = get_model_config(model)
-    return sequence_padding_multiple(c.tensor_model_parallel_size, c.sequence_parallel, bool(c.fp8))
-
-
 def _grad_scale(model, num_microbatches: int) -> float:
     """M * D: undoes the schedule's 1/M and DDP's 1/D (see the module docstring)."""
     from megatron.core import parallel_state as ps
@@ -182,7 +156,6 @@ def run_step(
     *,
     logprob_chunk_size: Optional[int] = None,
     overwrite_logits: bool = True,
-    sequence_multiple: Optional[int] = None,
 ) -> dict:
     """Forward and backward of one step's micro-batches through ``forward_backward_func``.
 
@@ -190,13 +163,11 @@ def run_step(
     Its grad buffers are zeroed first, and the gradients of ``L`` land in ``main_grad``. Returns,
     on every rank, ``{"loss": L}`` (a float: the micro-batch losses summed over micro-batches
     and DP ranks). On the last stage it also returns ``"metrics"``, one dict of floats per
-    micro-batch. The optimizer step is the caller's. The sequences are padded to
-    ``sequence_multiple`` (default: what the model's config needs, see :func:`pad_sequences`).
+    micro-batch. The optimizer step is the caller's.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 
-    micro_batches = pad_sequences(micro_batches, sequence_multiple or _model_multiple(model))
     b, s = micro_batches[0]["tokens"].shape
     model.zero_grad_buffer()
     outputs = get_forward_backward_func()(
@@ -217,20 +188,16 @@ def run_step(
     return result
 
 
-def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None,
-                     sequence_multiple: Optional[int] = None) -> torch.Tensor:
+def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None) -> torch.Tensor:
     """log pi(labels) [M*b, S] of this DP rank's micro-batches, on every TP and PP rank.
 
     Forward only, with ``inference_only`` log-probs (nothing kept for backward): the reference
     or rollout policy's log-probs. The last stage computes them, and
-    :func:`broadcast_from_last_stage` gives them to the other stages. Padded as in
-    :func:`run_step`; the padding columns are cut off again.
+    :func:`broadcast_from_last_stage` gives them to the other stages.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 
-    s_in = micro_batches[0]["tokens"].shape[1]
-    micro_batches = pad_sequences(micro_batches, sequence_multiple or _model_multiple(model))
     b, s = micro_batches[0]["tokens"].shape
 
     def loss_func(mb, logits):
@@ -249,4 +216,4 @@ def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_si
             num_microbatches=len(micro_batches), seq_length=s, micro_batch_size=b, forward_only=True,
         )
     local = torch.cat([o["logprobs"] for o in outputs]) if ps.is_pipeline_last_stage() else None
-    return broadcast_from_last_stage(local, (len(micro_batches) * b, s), torch.float32)[:, :s_in]
+    return broadcast_from_last_stage(local, (len(micro_batches) * b, s), torch.float32)

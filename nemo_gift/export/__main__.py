@@ -4,7 +4,8 @@
         [--hf-source /models/Qwen3-32B] [--dtype bfloat16] [--max-shard-gb 5]
 
 Runs in one process, on CPU, without a process group, whatever TP/PP the checkpoint was saved
-with: the per-(TP, PP) files are unsharded tensor by tensor (see docs/export.md).
+with: its megatron-core ``dist_checkpointing`` tensors (or a format-1 checkpoint's per-(TP, PP)
+files) are read tensor by tensor (see docs/export.md).
 ``--checkpoint`` is one checkpoint (``step_000042``) or a checkpoints root (its latest one).
 ``--hf-source`` is the HF directory the run started from: its tokenizer files and
 ``generation_config.json`` are copied and its ``config.json`` extras (token ids...) kept.

@@ -10,8 +10,8 @@ Two entry points, both streaming, tensor by tensor:
   :func:`nemo_gift.export.mapping.export_hf_tensors` on every model-parallel rank and one rank
   writes. At most one shard (``max_shard_bytes``) plus one full tensor is held in memory.
 - :func:`export_checkpoint`: a project checkpoint (:mod:`nemo_gift.models.policy.checkpoint`)
-  offline, in one process and without any process group, from its per-(TP, PP) files
-  (``python -m nemo_gift.export --checkpoint DIR --hf-out DIR``).
+  offline, in one process and without any process group, from its ``dist_checkpointing``
+  tensors (``python -m nemo_gift.export --checkpoint DIR --hf-out DIR``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ GPU of each stage in three phases, prints the table, and refuses a recipe whose 
 
 Symbols: P = parameters on one GPU of the stage (from the meta build); w = bytes per parameter
 (2 for bf16); DP = world / (TP * PP); s = sequence length, ``data.max_prompt_length +
-rollout.max_new_tokens`` rounded up to ``parallel.sequence_multiple``
-(:func:`nemo_gift.models.policy.config.sequence_padding_multiple`);
+rollout.max_new_tokens`` rounded up to ``parallel.sequence_pad_multiple``
+(:attr:`nemo_gift.models.policy.config.ParallelConfig.sequence_pad_multiple`);
 b = ``trainer.micro_batch_size``; h, f, L, V, a, g, d = hidden, FFN, layers, padded vocab,
 heads, KV heads, head dim; n = micro-batches per optimizer step on one DP rank; for stage k of
 PP, L_k = L / PP layers and m_k = min(PP - k, n) micro-batches in flight under 1F1B. Formulas
@@ -73,7 +73,7 @@ def layout(cfg) -> list[tuple[str, str]]:
     dp = cfg.cluster.world_size // (tp * pp)
     per_rank = t.mini_batch_prompts * G // dp
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    mult = p.sequence_multiple
+    mult = p.sequence_pad_multiple
     s = -(-s_raw // mult) * mult
     if s > m.max_position_embeddings:
         raise ConfigError(
@@ -229,7 +229,7 @@ def estimate(cfg, counts: dict[int, int]) -> list[StageEstimate]:
     p = cfg.parallel
     pp, w, dp = p.pipeline_model_parallel_size, _DTYPE_BYTES[p.params_dtype], _dp(cfg)
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    mult = p.sequence_multiple
+    mult = p.sequence_pad_multiple
     s = -(-s_raw // mult) * mult
     engine_params = sum(counts[k] * (pp - 2 if 0 < k < pp - 1 else 1) for k in counts)
     reward, reward_note = reward_model_bytes(cfg)

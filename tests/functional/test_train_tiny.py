@@ -1,5 +1,6 @@
 """End to end on CPU: the launcher runs gift_tiny and grpo_tiny, and a killed run resumes
-exactly as if it had never stopped."""
+exactly as if it had never stopped, even when its newest checkpoint is corrupt (the resume
+falls back to the previous one and says which file was bad)."""
 
 import json
 import os
@@ -74,8 +75,15 @@ def test_killed_run_resumes_as_if_never_stopped(tmp_path):
     proc.wait()
     killed = _metrics(killed_dir)
     assert killed[-1]["step"] < 4, "the run finished before it was killed"
+    # The newest complete checkpoint rots on disk: one flipped byte in a tensor file.
+    newest = max(p for p in (killed_dir / "checkpoints").glob("step_??????") if (p / "metadata.json").is_file())
+    victim = sorted((newest / "dist").glob("*.distcp"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
 
     out = _run(common + [f"run_dir={killed_dir}"])
+    assert f"checkpoint {newest} is corrupt and is skipped: {victim}" in out, out[-3000:]
     resumed = _metrics(killed_dir)
     assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
     assert _comparable(resumed) == _comparable(straight), out[-2000:]

@@ -17,7 +17,9 @@ The fused QKV rows are ordered by query group (``[q_1 .. q_{H/G}, k, v]`` per gr
 ``MLP.glu``. RoPE uses megatron-core's rotary table and its non-interleaved rotate-half.
 
 It covers exactly what ``nemo_gift.models.policy.builder.build_gpt_model`` builds (local spec,
-RMSNorm, SwiGLU, RoPE, optional QKV bias and q/k norms); :func:`unsupported_reason` names
+RMSNorm, SwiGLU, RoPE, optional QKV bias and q/k norms), with or without sequence parallelism
+(which changes where megatron-core keeps activations, not the math: this forward keeps every
+row's whole sequence on each TP rank); :func:`unsupported_reason` names
 anything else (Transformer Engine layers, FP8, MoE, ...), and a model with forward hooks (which
 this forward would bypass, e.g. megatron DDP's ``overlap_param_gather``), and the engine then
 falls back to running megatron-core's own modules.
@@ -54,8 +56,6 @@ def unsupported_reason(model) -> str | None:
         return "multi-latent or gated attention"
     if not cfg.gated_linear_unit or cfg.activation_func is not F.silu:
         return "only the SwiGLU MLP"
-    if cfg.sequence_parallel:
-        return "sequence parallelism"
     if getattr(cfg, "rotary_interleaved", False):
         return "interleaved RoPE"
     norms = [model.decoder.final_layernorm]
@@ -72,7 +72,7 @@ def unsupported_reason(model) -> str | None:
         for name, (owner, kind) in linears.items():
             if type(getattr(owner, name, None)) is not kind:
                 return f"{name} is not a megatron-core {kind.__name__} (Transformer Engine or MoE layer)"
-    if any(type(n) is not torch.nn.RMSNorm for n in norms):
+    if any(not isinstance(n, torch.nn.RMSNorm) for n in norms):
         return "only torch RMSNorm norms (the local layer spec)"
     if any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()):
         # e.g. megatron DDP's overlap_param_gather waits for parameters in forward pre-hooks,

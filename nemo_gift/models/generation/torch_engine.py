@@ -187,6 +187,11 @@ class TorchGenerationEngine:
         if impl == "lean" and reason is not None:
             raise NotImplementedError(f"impl='lean' does not support this model: {reason}")
         self.impl: Impl = "lean" if impl == "lean" or (impl == "auto" and reason is None) else "megatron"
+        if self.impl == "megatron" and model.config.sequence_parallel:
+            raise NotImplementedError(
+                "impl='megatron' cannot decode a sequence-parallel model (one-token steps do not "
+                f"split over TP); use impl='lean'{f', which does not support it: {reason}' if reason else ''}"
+            )
         self._fwd = LeanForward(model) if self.impl == "lean" else MegatronForward(model)
         self.model, self.cfg = model, cfg
         self.pad_token_id = int(pad_token_id)

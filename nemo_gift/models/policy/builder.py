@@ -4,7 +4,8 @@
     model = build_gpt_model(model_cfg, parallel_cfg)
 
 The layer spec follows ``parallel.transformer_impl``: the local megatron-core spec on CPU (and
-the numerical reference), the Transformer Engine spec (:mod:`nemo_gift.models.policy.te_spec`,
+the numerical reference; its norms are the project's :class:`RMSNorm`, so that sequence
+parallelism runs without Apex or TE), the Transformer Engine spec (:mod:`nemo_gift.models.policy.te_spec`,
 the only module that imports TE) on GPUs that have it, with ``parallel.fp8`` mapped onto
 megatron-core's FP8 settings. The embedding and output tables have
 ``model.padded_vocab_size(TP)`` rows (see :meth:`ModelConfig.padded_vocab_size`).
@@ -79,16 +80,58 @@ def _recompute_kwargs(parallel: ParallelConfig) -> dict:
     return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
 
 
+class RMSNorm(torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm`` built with megatron-core's norm signature, for the local spec.
+
+    ``y = x / sqrt(mean(x^2) + eps) * weight`` over the last dim (torch's own op).
+
+    megatron-core's ``WrappedTorchNorm`` (the local spec's norm without Apex) asserts
+    ``not config.sequence_parallel``. Under sequence parallelism each TP rank normalizes its
+    ``S/TP`` rows, so the weight's gradient is partial over TP: marking the weight
+    ``sequence_parallel`` makes megatron-core's ``finalize_model_grads`` all-reduce it over TP,
+    as TE's ``TENorm`` does. Without sequence parallelism the mark is False and nothing changes.
+    """
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_unused):
+        super().__init__(hidden_size, eps=eps)
+        self.weight.sequence_parallel = bool(config.sequence_parallel)
+
+
 def layer_spec(model: ModelConfig, parallel: ParallelConfig | None = None):
-    """The megatron-core layer spec: local, or Transformer Engine when ``parallel`` asks for it
-    (or ``auto`` finds CUDA and TE)."""
+    """The megatron-core layer spec: local (with :class:`RMSNorm` for its four norms), or
+    Transformer Engine when ``parallel`` asks for it (or ``auto`` finds CUDA and TE)."""
+    import dataclasses
+
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.identity_op import IdentityOp
 
     if parallel is not None and use_transformer_engine(parallel):
         from nemo_gift.models.policy import te_spec
 
         return te_spec.layer_spec(model)
-    return get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization="RMSNorm")
+    attention = spec.submodules.self_attention
+    qk_norm = RMSNorm if model.qk_layernorm else IdentityOp
+    attention = dataclasses.replace(
+        attention, submodules=dataclasses.replace(attention.submodules, q_layernorm=qk_norm, k_layernorm=qk_norm)
+    )
+    submodules = dataclasses.replace(
+        spec.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm, self_attention=attention
+    )
+    return dataclasses.replace(spec, submodules=submodules)
+
+
+def decoder_spec(model: ModelConfig, parallel: ParallelConfig):
+    """What ``GPTModel`` gets as its ``transformer_layer_spec``: the TE layer spec as is
+    (megatron-core adds TE's final norm), or this stage's local layers with :class:`RMSNorm`
+    as the final norm (megatron-core's default there is ``WrappedTorchNorm``)."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    spec = layer_spec(model, parallel)
+    if use_transformer_engine(parallel):
+        return spec
+    per_stage = model.num_layers // parallel.pipeline_model_parallel_size
+    return TransformerBlockSubmodules(layer_specs=[spec] * per_stage, layer_norm=RMSNorm)
 
 
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
@@ -97,7 +140,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
     Args:
         model: the architecture.
         parallel: the layout (must match ``parallel_state``'s).
-        spec: a layer spec; defaults to :func:`layer_spec`.
+        spec: a layer (or block) spec; defaults to :func:`decoder_spec`.
 
     Returns:
         A ``megatron.core.models.gpt.GPTModel`` whose forward returns vocab-parallel logits
@@ -110,7 +153,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, *, spec=None):
     parallel.validate_for(model, cuda=torch.cuda.is_available())
     return GPTModel(
         config=transformer_config(model, parallel),
-        transformer_layer_spec=spec if spec is not None else layer_spec(model, parallel),
+        transformer_layer_spec=spec if spec is not None else decoder_spec(model, parallel),
         vocab_size=model.padded_vocab_size(parallel.tensor_model_parallel_size),
         max_sequence_length=model.max_position_embeddings,
         pre_process=ps.is_pipeline_first_stage(),

@@ -1,26 +1,44 @@
-"""Training checkpoints: atomic, resumable, and unshardable offline for export.
+"""Training checkpoints through megatron-core ``dist_checkpointing``: atomic, verified, reshardable.
 
-Layout of one checkpoint (``ROOT/step_000042/``)::
+Layout of one checkpoint (``ROOT/step_000042/``, format 2)::
 
-    metadata.json                  step, layout, model config, trainer state (data position ...)
-    model/tp{t}_pp{p}.safetensors  one (TP, PP) shard of the policy, keyed by local parameter
-                                   name; each tensor's TP partition dim is in the file metadata
-    optim/rank{r}.pt               optimizer and LR-scheduler state of global rank r
-    rng/rank{r}.pt                 RNG states of rank r (torch, Python, numpy, megatron tracker)
+    metadata.json   step, layout, model config, trainer state (data position ...), LR schedule,
+                    and the manifest: every other file's size and CRC-32. Written last.
+    dist/           megatron-core dist_checkpointing, torch_dist backend: the model's and the
+                    optimizer's ``sharded_state_dict`` (Adam moments and fp32 main weights
+                    included, also under the distributed optimizer)
+    rng/rank{r}.pt  RNG states of rank r (torch, Python, numpy, megatron tracker)
 
-Writes are atomic: every rank writes into ``step_000042.tmp/``, and after a barrier rank 0
-writes ``metadata.json`` last and renames the directory. A crash leaves only a ``.tmp``
-directory, which :func:`latest_checkpoint` ignores and the next save removes. Only the last
-``keep_last`` checkpoints are kept.
+Resharding. ``dist/`` stores every tensor in the TP=1/PP=1 (global) coordinates, per layer,
+and the distributed optimizer's state in ``fully_reshardable`` form (model-space tensors, like
+a regular optimizer's), so a checkpoint saved at one (TP, PP, DP) loads at any other, e.g.
+TP=2 x DP=2 -> TP=1 x PP=2. Two things cannot change across a resume, and are refused with
+the reason: the optimizer kind (``parallel.use_distributed_optimizer``: megatron-core's two
+optimizers store their non-tensor state differently), and the embedding rows
+(``ModelConfig.padded_vocab_size`` depends on TP when TP does not divide the vocabulary). RNG
+states are restored only at the saved (TP, PP, world size); at another layout each rank keeps
+its freshly seeded generators.
 
-Loading never unpickles arbitrary objects: tensors come from safetensors, and the ``.pt`` files
-are read with ``torch.load(weights_only=True)``. Resuming needs the same TP/PP layout;
-:func:`iter_full_tensors` unshards a checkpoint on one CPU, tensor by tensor, for export.
+Atomicity and integrity. Every rank writes into ``step_000042.tmp/``; after a barrier the
+manifest is computed (CRC-32 spread over the ranks), rank 0 fsyncs every file and directory,
+writes ``metadata.json`` (fsync'd), renames the directory and fsyncs ``ROOT``. A crash leaves
+only a ``.tmp`` directory, which the next save removes. :func:`latest_checkpoint` returns the
+newest checkpoint whose files are all present at their recorded sizes;
+:func:`resumable_checkpoint` also checks their CRC-32s, and skips (logging the bad file) a
+corrupt newest checkpoint for the previous one. Only the last ``keep_last`` are kept.
+
+Loading never unpickles arbitrary objects: ``dist_checkpointing`` reads its tensors with
+torch.distributed.checkpoint and its common state with ``torch.load(weights_only=True)``, as
+do the RNG files. :func:`iter_full_tensors` unshards a checkpoint's model on one CPU, tensor by
+tensor, without a process group, for export. Format 1 (per-rank files) is refused on resume
+with the way to carry its weights over, and still exports
+(:mod:`nemo_gift.models.policy.checkpoint_legacy`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -32,25 +50,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-FORMAT_VERSION = 1
+from nemo_gift.models.policy import checkpoint_files, checkpoint_legacy
+
+FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+logger = logging.getLogger(__name__)
+
+SHARDED_METADATA = {
+    "distrib_optim_sharding_type": "fully_reshardable",
+    "singleton_local_shards": True,
+    "chained_optim_avoid_prefix": True,
+}
+"""megatron-core's ``sharded_state_dict`` options (Megatron-LM's current defaults): the
+distributed optimizer's state as model-space tensors that reshard over TP, PP and DP; one key
+per layer (and the SwiGLU ``linear_fc1`` as its gate and up halves), so export reads one layer's
+tensor at a time. Stored in ``dist/``'s content metadata and reused on load."""
 
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step_{step:06d}"
-
-
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step under ``root``, or None."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    steps = [
-        (int(m.group(1)), p)
-        for p in root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / "metadata.json").is_file()
-    ]
-    return max(steps)[1] if steps else None
 
 
 def _rank() -> int:
@@ -62,17 +80,79 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _layout() -> dict[str, int]:
-    from megatron.core import parallel_state as ps
+# ----------------------------------------------------------------------------------------------
+# Finding a checkpoint
+# ----------------------------------------------------------------------------------------------
 
-    return {
-        "tp_rank": ps.get_tensor_model_parallel_rank(),
-        "tp_size": ps.get_tensor_model_parallel_world_size(),
-        "pp_rank": ps.get_pipeline_model_parallel_rank(),
-        "pp_size": ps.get_pipeline_model_parallel_world_size(),
-        "dp_rank": ps.get_data_parallel_rank(),
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-    }
+
+def _problem(path: Path, *, checksums: bool) -> str | None:
+    """Why ``path`` is not a usable checkpoint (naming the bad file), or None."""
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        return f"{meta_path} is missing (an unfinished save)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"{meta_path} is unreadable: {err}"
+    if not isinstance(meta, dict) or "step" not in meta:
+        return f"{meta_path} is not a nemo_gift checkpoint's metadata"
+    if "files" not in meta:  # format 1 has no manifest: nothing to check
+        return None
+    return checkpoint_files.find_bad_file(path, meta["files"], checksums=checksums)
+
+
+def _newest_usable(root: str | os.PathLike, *, checksums: bool) -> Path | None:
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    candidates = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))), reverse=True)
+    for _, path in candidates:
+        problem = _problem(path, checksums=checksums)
+        if problem is None:
+            return path
+        if (path / "metadata.json").is_file() and _rank() == 0:  # a finished save that went bad
+            logger.warning("checkpoint %s is corrupt and is skipped: %s", path, problem)
+    return None
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step under ``root`` whose files are all present at their
+    recorded sizes, or None. Reads no file contents and needs no process group."""
+    return _newest_usable(root, checksums=False)
+
+
+def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
+    """Like :func:`latest_checkpoint`, also checking every file's CRC-32: a corrupt newest
+    checkpoint is skipped for the previous one, with a warning that names the bad file.
+    Collective when a process group exists (call it on every rank)."""
+    return _newest_usable(root, checksums=True)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming the bad file unless ``path`` is complete and intact
+    (collective when a process group exists)."""
+    problem = _problem(Path(path), checksums=True)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} cannot be loaded: {problem}")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``metadata.json`` of a checkpoint (format 1 or 2), with a clear error if it is not one."""
+    meta_path = Path(path) / "metadata.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not a complete nemo_gift checkpoint (no metadata.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") not in (checkpoint_legacy.FORMAT_VERSION, FORMAT_VERSION):
+        raise ValueError(
+            f"{meta_path}: format_version {meta.get('format_version')} is unknown "
+            f"(this version reads {checkpoint_legacy.FORMAT_VERSION} and {FORMAT_VERSION})"
+        )
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG
+# ----------------------------------------------------------------------------------------------
 
 
 def rng_state() -> dict[str, Any]:
@@ -106,12 +186,46 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _model_tensors(model) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors, partition = {}, {}
-    for name, param in model.named_parameters():
-        tensors[name] = param.detach().to("cpu").contiguous()
-        partition[name] = str(param.partition_dim) if getattr(param, "tensor_model_parallel", False) else "-1"
-    return tensors, partition
+# ----------------------------------------------------------------------------------------------
+# Save and load
+# ----------------------------------------------------------------------------------------------
+
+
+def _uses_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(isinstance(o, DistributedOptimizer) for o in inner)
+
+
+def _layout(module, optimizer) -> dict[str, Any]:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "tp_size": ps.get_tensor_model_parallel_world_size(),
+        "pp_size": ps.get_pipeline_model_parallel_world_size(),
+        "dp_size": ps.get_data_parallel_world_size(),
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "use_distributed_optimizer": optimizer is not None and _uses_distributed_optimizer(optimizer),
+        "padded_vocab_size": int(module.vocab_size),
+    }
+
+
+def _sharded_state_dict(module, optimizer, *, is_loading: bool, metadata: dict) -> dict:
+    """``{"model": ..., "optimizer": ...}`` as megatron-core shards them (copies of
+    ``metadata``: megatron-core adds process groups to the dict it is given)."""
+    model = module.sharded_state_dict(metadata=dict(metadata))
+    state = {"model": model}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=dict(metadata))
+    return state
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(
@@ -130,142 +244,158 @@ def save_checkpoint(
         root: the checkpoints directory (shared by all ranks).
         step: the training step just completed.
         model: this rank's megatron-core stage (unwrapped or DDP-wrapped).
-        optimizer: megatron-core optimizer, or None.
-        scheduler: anything with ``state_dict``/``load_state_dict``, or None.
+        optimizer: megatron-core optimizer (regular or distributed), or None.
+        scheduler: anything with ``state_dict``/``load_state_dict`` of JSON values, or None.
         trainer_state: JSON-serializable state of the loop (data position, metrics history ...).
         model_config: JSON-serializable model description, stored for export.
         keep_last: how many complete checkpoints to keep (>= 1).
     """
-    from safetensors.torch import save_file
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
 
     root = Path(root)
-    final, tmp = step_dir(root, step), Path(str(step_dir(root, step)) + ".tmp")
-    rank, layout = _rank(), _layout()
+    final = step_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    rank = _rank()
+    module = getattr(model, "module", model)
+    layout = _layout(module, optimizer)
     if rank == 0:
         for stale in root.glob("step_*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-        (tmp / "model").mkdir(parents=True, exist_ok=True)
-        (tmp / "optim").mkdir(exist_ok=True)
-        (tmp / "rng").mkdir(exist_ok=True)
+        (tmp / "dist").mkdir(parents=True)
+        (tmp / "rng").mkdir()
     _barrier()
-    module = getattr(model, "module", model)
-    if layout["dp_rank"] == 0:
-        tensors, partition = _model_tensors(module)
-        meta = {
-            "partition_dims": json.dumps(partition),
-            "gated_linear_unit": json.dumps(bool(module.config.gated_linear_unit)),
-            **{k: str(v) for k, v in layout.items()},
-        }
-        save_file(tensors, tmp / "model" / f"tp{layout['tp_rank']}_pp{layout['pp_rank']}.safetensors", meta)
-    if optimizer is not None or scheduler is not None:
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            },
-            tmp / "optim" / f"rank{rank}.pt",
-        )
-    torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    dist_checkpointing.save(
+        _sharded_state_dict(module, optimizer, is_loading=False, metadata=SHARDED_METADATA), str(tmp / "dist"),
+        get_default_save_sharded_strategy("torch_dist"), content_metadata=dict(SHARDED_METADATA),
+    )
+    rng_file = tmp / "rng" / f"rank{rank}.pt"
+    torch.save(rng_state(), rng_file)
+    checkpoint_files.fsync_file(rng_file)
     _barrier()
+    manifest = checkpoint_files.build_manifest(tmp)  # collective
     if rank == 0:
-        metadata = {
+        checkpoint_files.fsync_tree(tmp)
+        _write_json(tmp / "metadata.json", {
             "format_version": FORMAT_VERSION,
             "step": step,
-            "layout": {k: layout[k] for k in ("tp_size", "pp_size", "world_size")},
+            "layout": layout,
             "num_layers": module.config.num_layers,
             "tie_word_embeddings": bool(getattr(module, "share_embeddings_and_output_weights", False)),
             "model_config": model_config or {},
             "trainer_state": trainer_state or {},
-        }
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "files": manifest,
+        })
+        checkpoint_files.fsync_file(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        complete = sorted(
-            p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "metadata.json").is_file()
-        )
+        checkpoint_files.fsync_file(root)
+        complete = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "metadata.json").is_file())
         for old in complete[: max(0, len(complete) - max(1, keep_last))]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """``metadata.json`` of a checkpoint, with a clear error if it is not one."""
-    meta_path = Path(path) / "metadata.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not a complete nemo_gift checkpoint (no metadata.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    return meta
+def _check_resumable(path: Path, meta: dict[str, Any], layout: dict[str, Any], optimizer) -> None:
+    if meta["format_version"] == checkpoint_legacy.FORMAT_VERSION:
+        raise ValueError(checkpoint_legacy.RESUME_REFUSAL.format(path=path))
+    saved = meta["layout"]
+    if optimizer is not None and saved["use_distributed_optimizer"] != layout["use_distributed_optimizer"]:
+        raise ValueError(
+            f"{path} was saved with parallel.use_distributed_optimizer={str(saved['use_distributed_optimizer']).lower()} "
+            f"and this run has {str(layout['use_distributed_optimizer']).lower()}: megatron-core's two optimizers "
+            "store their state differently. Resume with the saved value (TP, PP and DP may change)"
+        )
+    if saved["padded_vocab_size"] != layout["padded_vocab_size"]:
+        raise ValueError(
+            f"{path} has {saved['padded_vocab_size']} embedding rows (TP={saved['tp_size']}) and this layout "
+            f"{layout['padded_vocab_size']} (TP={layout['tp_size']}): TP does not divide model.vocab_size, so "
+            "the padded table depends on TP. Resume at the saved TP, or export to Hugging Face and import"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None) -> dict[str, Any]:
-    """Load a checkpoint saved with the same layout into this rank; returns its metadata."""
-    from safetensors.torch import load_file
+    """Load a checkpoint into this rank, at any (TP, PP, DP) layout; returns its metadata.
+
+    Collective (call on every rank). The model is always loaded; the optimizer (its moments and
+    main weights) and the scheduler when given. See the module docstring for what may change.
+    """
+    from megatron.core import dist_checkpointing
 
     path = Path(path)
     meta = read_metadata(path)
-    rank, layout = _rank(), _layout()
-    saved = meta["layout"]
-    if (saved["tp_size"], saved["pp_size"], saved["world_size"]) != (
-        layout["tp_size"], layout["pp_size"], layout["world_size"],
-    ):
-        raise ValueError(
-            f"{path}: saved with TP={saved['tp_size']} PP={saved['pp_size']} world={saved['world_size']}, "
-            f"resuming with TP={layout['tp_size']} PP={layout['pp_size']} world={layout['world_size']}; "
-            "resume with the same layout, or export to Hugging Face and import at the new one"
-        )
     module = getattr(model, "module", model)
-    shard = path / "model" / f"tp{layout['tp_rank']}_pp{layout['pp_rank']}.safetensors"
-    tensors = load_file(shard)
-    params = dict(module.named_parameters())
-    if set(tensors) != set(params):
-        raise KeyError(f"{shard}: parameters differ from the model: {sorted(set(tensors) ^ set(params))[:5]}")
-    with torch.no_grad():
-        for name, param in params.items():
-            if tensors[name].shape != param.shape:
-                raise ValueError(f"{shard}: {name} has shape {tuple(tensors[name].shape)}, model {tuple(param.shape)}")
-            param.copy_(tensors[name])
-    if optimizer is not None or scheduler is not None:
-        state = torch.load(path / "optim" / f"rank{rank}.pt", weights_only=True)
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(torch.load(path / "rng" / f"rank{rank}.pt", weights_only=True))
+    layout = _layout(module, optimizer)
+    _check_resumable(path, meta, layout, optimizer)
+    content = dist_checkpointing.load_content_metadata(str(path / "dist")) or SHARDED_METADATA
+    state = dist_checkpointing.load(
+        _sharded_state_dict(module, optimizer, is_loading=True, metadata=content), str(path / "dist")
+    )
+    module.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        if meta.get("scheduler") is None:
+            raise ValueError(f"{path} holds no LR-scheduler state (saved without a scheduler)")
+        scheduler.load_state_dict(meta["scheduler"])
+    saved = meta["layout"]
+    if [saved[k] for k in ("tp_size", "pp_size", "world_size")] == [layout[k] for k in ("tp_size", "pp_size", "world_size")]:
+        set_rng_state(torch.load(path / "rng" / f"rank{_rank()}.pt", weights_only=True))
+    elif _rank() == 0:
+        logger.warning(
+            "%s: saved at TP=%d PP=%d world=%d, loaded at TP=%d PP=%d world=%d; RNG states are not carried over",
+            path, saved["tp_size"], saved["pp_size"], saved["world_size"],
+            layout["tp_size"], layout["pp_size"], layout["world_size"],
+        )
     return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline unsharding (export)
+# ----------------------------------------------------------------------------------------------
+
+_SWIGLU_HALVES = re.compile(r"^(?P<base>.*\.mlp\.linear_fc1\.weight)_(?P<half>[wv])$")
 
 
 def iter_full_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     """Unshard a checkpoint's model offline: ``(TP=1/PP=1 megatron name, full tensor)``, one
-    tensor in memory at a time (plus its TP shards). Needs no process group."""
-    from safetensors import safe_open
+    layer's tensor in memory at a time. Needs no process group.
 
-    from nemo_gift.models.policy.sharding import stage_to_global_name
+    The names are the local spec's: ``dist_checkpointing`` stores the two pre-linear norms under
+    their Transformer Engine names (``linear_qkv.layer_norm_weight``...), mapped back with
+    :func:`nemo_gift.export.mapping.canonical_name`. The SwiGLU ``linear_fc1`` is stored as its
+    gate (``weight_w``) and up (``weight_v``) halves and comes back whole, ``[gate; up]``.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from nemo_gift.export.mapping import canonical_name
 
     path = Path(path)
     meta = read_metadata(path)
-    tp, pp = meta["layout"]["tp_size"], meta["layout"]["pp_size"]
-    layers_per_stage, tied = meta["num_layers"] // pp, meta["tie_word_embeddings"]
-    for pp_rank in range(pp):
-        files = [path / "model" / f"tp{t}_pp{pp_rank}.safetensors" for t in range(tp)]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"{path}: missing model shard {f.name}")
-        handles = [safe_open(str(f), framework="pt") for f in files]
-        partition = json.loads(handles[0].metadata()["partition_dims"])
-        gated = json.loads(handles[0].metadata()["gated_linear_unit"])
-        for name in handles[0].keys():
-            if name == "output_layer.weight" and tied:
-                continue  # the tied copy of the embedding
-            dim = int(partition[name])
-            if dim < 0 or tp == 1:
-                full = handles[0].get_tensor(name)
-            elif gated and name.endswith("mlp.linear_fc1.weight"):
-                halves = [torch.chunk(h.get_tensor(name), 2, dim=0) for h in handles]
-                full = torch.cat([g for g, _ in halves] + [u for _, u in halves], dim=0)
-            else:
-                full = torch.cat([h.get_tensor(name) for h in handles], dim=dim)
-            yield stage_to_global_name(name, pp_rank, layers_per_stage, tied), full
+    if meta["format_version"] == checkpoint_legacy.FORMAT_VERSION:
+        yield from checkpoint_legacy.iter_full_tensors(path, meta)
+        return
+    reader = FileSystemReader(str(path / "dist"))
+    stored = reader.read_metadata().state_dict_metadata
+
+    def read(key: str) -> torch.Tensor:
+        md = stored[key]
+        tensor = torch.empty(md.size, dtype=md.properties.dtype)
+        dcp_load({key: tensor}, storage_reader=FileSystemReader(str(path / "dist")), no_dist=True)
+        return tensor
+
+    for key in sorted(stored):
+        if key.startswith("optimizer.") or not isinstance(stored[key], TensorStorageMetadata):
+            continue  # optimizer state; non-tensor (``_extra_state``) entries
+        if key == "output_layer.weight" and meta["tie_word_embeddings"]:
+            continue
+        halves = _SWIGLU_HALVES.match(key)
+        if halves is None:
+            yield canonical_name(key), read(key)
+        elif halves["half"] == "w":
+            yield halves["base"], torch.cat([read(key), read(f"{halves['base']}_v")], dim=0)

@@ -114,14 +114,6 @@ class ModelConfig:
         return -(-self.vocab_size // multiple) * multiple
 
 
-def sequence_padding_multiple(tp: int, sequence_parallel: bool, fp8: bool) -> int:
-    """What the sequence length of a batch must be a multiple of: TP with sequence parallelism
-    (megatron-core scatters the sequence dimension over the TP ranks), times 16 with FP8
-    (Transformer Engine's FP8 GEMMs need each shard's token dimension divisible by 8 and the
-    inner one by 16; NeMo pads FP8 sequences to 16 as well)."""
-    return (tp if sequence_parallel else 1) * (16 if fp8 else 1)
-
-
 @dataclasses.dataclass
 class Fp8Config:
     """FP8 training through Transformer Engine (GPU only), mapped onto megatron-core's
@@ -180,9 +172,12 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     """PP: splits the layers into stages."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (GPU only: needs the TE or Apex LayerNorm)."""
+    """Megatron sequence parallelism: the norms, dropouts and residuals hold ``S/TP`` of the
+    sequence on each TP rank. Needs TP > 1, and token batches padded to a multiple of TP
+    (:attr:`sequence_pad_multiple`). Runs on CPU with the project's local spec."""
     use_distributed_optimizer: bool = False
-    """Shard optimizer state over DP (GPU only: CUDA tensor-type checks)."""
+    """Shard the optimizer state (fp32 main weights, Adam moments) over DP (ZeRO-1), as
+    megatron-core's ``DistributedOptimizer``."""
     recompute_activations: bool = False
     """Full activation recompute: keep only each layer's input and recompute the layer in
     backward (megatron-core ``recompute_granularity="full"``, ``recompute_method="uniform"``,
@@ -215,9 +210,27 @@ class ParallelConfig:
             raise ValueError("parallel.fp8 needs the Transformer Engine layers; set parallel.transformer_impl to auto")
 
     @property
-    def sequence_multiple(self) -> int:
-        """See :func:`sequence_padding_multiple`."""
-        return sequence_padding_multiple(self.tensor_model_parallel_size, self.sequence_parallel, self.fp8 is not None)
+    def sequence_pad_multiple(self) -> int:
+        """The multiple every token batch's sequence length S is padded to for this layout.
+
+        ``m = (TP if sequence_parallel else 1) * (A if fp8 else 1)``, with the FP8 alignment
+        ``A`` = 32 for ``mxfp8`` and 16 for the other recipes.
+
+        - Sequence parallelism splits the ``[S, b, h]`` activations into TP chunks along S,
+          and megatron-core asserts that TP divides S.
+        - Transformer Engine's FP8 GEMMs need the product of an operand's leading dims to be
+          a multiple of 8 and its last dim of 16 (``assert_dim_for_fp8_exec`` in
+          ``transformer_engine/pytorch/utils.py``); the weight-gradient GEMM takes the token
+          dim ``S*b`` as a last dim, so ``S*b`` must be a multiple of 16. MXFP8 scales blocks
+          of 32 elements along both dims, hence 32 (megatron-core's
+          ``fp8_utils.get_fp8_align_size`` gives the same 16 / 32). Under sequence parallelism
+          TE quantizes each rank's ``S/TP`` chunk before the all-gather, so the alignment
+          applies to ``S/TP``, hence the product.
+        """
+        multiple = self.tensor_model_parallel_size if self.sequence_parallel else 1
+        if self.fp8 is not None:
+            multiple *= 32 if self.fp8.recipe == "mxfp8" else 16
+        return multiple
 
     def validate_for(self, model: ModelConfig, world_size: int | None = None, cuda: bool = True):
         """Check the layout against a model and a world size; raise naming the key."""
@@ -256,11 +269,6 @@ class ParallelConfig:
                 f"pipeline_model_parallel_size = {tp * pp}"
             )
         if not cuda:
-            from nemo_gift.distributed.cpu_compat import CPU_UNSUPPORTED
-
-            for key, why in CPU_UNSUPPORTED.items():
-                if getattr(self, key):
-                    raise ValueError(f"parallel.{key}=true cannot run without CUDA: {why}")
             if self.params_dtype == "float16":
                 raise ValueError("parallel.params_dtype=float16 is not supported on CPU; use float32 or bfloat16")
             if self.fp8 is not None or self.transformer_impl == "transformer_engine":

@@ -67,6 +67,16 @@ class MegatronPolicy:
             self.reference.load_from(self.module)
 
     # ---------------------------------------------------------------- PolicyInterface
+    def _check_sequence_length(self, tokens: torch.Tensor) -> None:
+        """megatron-core would assert deep in the forward; say which multiple is missing."""
+        multiple = self.parallel.sequence_pad_multiple
+        if tokens.shape[1] % multiple:
+            raise ValueError(
+                f"token batch of sequence length {tokens.shape[1]} is not a multiple of "
+                f"{multiple}, which this layout needs (parallel.sequence_pad_multiple: TP under "
+                f"sequence parallelism, the FP8 GEMM alignment); build it with pad_multiple={multiple}"
+            )
+
     def _dp_rows(self, n: int) -> slice:
         if n % self.dp_size:
             raise ValueError(f"batch of {n} rows does not split over {self.dp_size} data-parallel ranks")
@@ -78,6 +88,7 @@ class MegatronPolicy:
         if reference and self.reference is None:
             raise ValueError("this policy was built without a reference model")
         tokens, labels = batch["tokens"], batch["labels"]
+        self._check_sequence_length(tokens)
         rows = self._dp_rows(tokens.shape[0])
         mine_t, mine_l = tokens[rows], labels[rows]
         b = math.gcd(self.micro_batch_size, mine_t.shape[0])
@@ -103,6 +114,7 @@ class MegatronPolicy:
         if self.optimizer is None:
             raise RuntimeError("configure_optimizer() first")
         n = batch["tokens"].shape[0]
+        self._check_sequence_length(batch["tokens"])
         if n % (self.dp_size * group_size):
             raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
         b = math.gcd(self.micro_batch_size, n // self.dp_size)
@@ -155,6 +167,8 @@ class MegatronPolicy:
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
+        """Collectively save weights, optimizer (Adam moments included), LR schedule, RNG and
+        ``trainer_state`` (JSON) as ``root/step_{step:06d}``; returns its path."""
         from nemo_gift.config.convert import to_dict
 
         path = checkpoint.save_checkpoint(
@@ -164,7 +178,8 @@ class MegatronPolicy:
         return str(path)
 
     def load(self, path: str) -> dict[str, Any]:
-        """Restore a checkpoint; the optimizer settings configured here win over the saved ones."""
+        """Collectively restore a checkpoint, saved at this or another TP/PP/DP layout; returns its
+        ``trainer_state``. The optimizer settings configured here win over the saved ones."""
         state = checkpoint.load_checkpoint(path, self.model, self.optimizer, self.scheduler)["trainer_state"]
         if self.optimizer_settings is not None:
             apply_settings(self.optimizer, self.scheduler, self.optimizer_settings)

@@ -8,8 +8,8 @@
 
 - Optimizer: ``megatron.core.optimizer.get_megatron_optimizer`` (Adam or SGD; fp32 master
   weights under bf16 params). ``parallel.use_distributed_optimizer`` shards its state over DP
-  (ZeRO-1); that needs CUDA and is refused on CPU with the reason (see
-  :data:`nemo_gift.distributed.cpu_compat.CPU_UNSUPPORTED`).
+  (ZeRO-1); on CPU it runs through the ``distributed_optimizer_types`` patch of
+  :mod:`nemo_gift.distributed.cpu_compat`.
 - Clipping: megatron-core clips by the global L2 norm of the gradients across every
   model-parallel rank (replicated parameters counted once) to ``clip_grad``; the norm before
   clipping is returned.
@@ -92,13 +92,6 @@ def build_optimizer(model_chunks, settings: OptimizerSettings, parallel: Paralle
     """megatron-core's optimizer over the DDP-wrapped ``model_chunks`` (from ``wrap_for_training``)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from nemo_gift.distributed.cpu_compat import CPU_UNSUPPORTED
-
-    if parallel.use_distributed_optimizer and not torch.cuda.is_available():
-        raise ValueError(
-            f"parallel.use_distributed_optimizer=true cannot run without CUDA: "
-            f"{CPU_UNSUPPORTED['use_distributed_optimizer']}"
-        )
     dtype = _DTYPES[parallel.params_dtype]
     config = OptimizerConfig(
         optimizer=settings.optimizer,

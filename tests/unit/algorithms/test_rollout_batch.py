@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch
+from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch, padded_length
 from nemo_gift.algorithms.sft import build_sft_batch
 
 
@@ -20,6 +20,30 @@ def test_prompts_of_different_lengths():
     # response token j of row r is predicted at len(prompt) - 1 + j
     assert batch["labels"][batch["loss_mask"]].tolist() == [9, 8, 7, 6]
     assert batch["tokens"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("multiple", [1, 2, 4, 16])
+def test_padding_to_a_multiple_only_appends_masked_pad_columns(multiple):
+    args = ([[5, 6]], [[7, 2, 9], [8]], [0, 0])
+    plain = build_token_batch(*args, pad_token_id=0, response_logprobs=[[-0.5, -0.25, -1.5], [-1.0]])
+    padded = build_token_batch(*args, pad_token_id=0, response_logprobs=[[-0.5, -0.25, -1.5], [-1.0]],
+                               pad_multiple=multiple)
+    s = {1: 5, 2: 6, 4: 8, 16: 16}[multiple]
+    assert padded["tokens"].shape == (2, s) and padded_length(5, multiple) == s
+    for key, value in plain.items():
+        assert torch.equal(padded[key][:, :5], value), key
+        assert not padded[key][:, 5:].any(), key  # pad id 0, mask False, log-prob 0
+
+
+def test_sft_batch_pads_to_a_multiple():
+    batch = build_sft_batch([([1, 5, 6, 7, 2], [0, 0, 0, 1, 1])], pad_token_id=0, pad_multiple=4)
+    assert batch["tokens"].tolist() == [[1, 5, 6, 7, 2, 0, 0, 0]]
+    assert batch["labels"][batch["loss_mask"]].tolist() == [7, 2]
+
+
+def test_pad_multiple_below_one_is_refused():
+    with pytest.raises(ValueError, match="pad_multiple must be >= 1, got 0"):
+        padded_length(5, 0)
 
 
 def test_empty_response_is_refused():

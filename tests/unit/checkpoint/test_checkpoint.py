@@ -108,7 +108,14 @@ def test_keep_last_and_partial_writes_are_ignored(tmp_path):
     assert [n for n in names if n.startswith("step_00000") and n != "step_000008"] == ["step_000002", "step_000003"]
     assert ckpt.latest_checkpoint(tmp_path).name == "step_000003"
     meta = json.loads((tmp_path / "step_000003" / "metadata.json").read_text())
-    assert meta["step"] == 3 and meta["layout"] == {"tp_size": 1, "pp_size": 1, "world_size": 1}
+    assert meta["step"] == 3 and meta["format_version"] == ckpt.FORMAT_VERSION
+    assert meta["layout"] == {"tp_size": 1, "pp_size": 1, "dp_size": 1, "world_size": 1,
+                              "use_distributed_optimizer": False, "padded_vocab_size": 64}
+    # the manifest covers every other file, and they are intact
+    files = sorted(str(p.relative_to(tmp_path / "step_000003")) for p in (tmp_path / "step_000003").rglob("*") if p.is_file())
+    assert sorted(meta["files"]) == [f for f in files if f != "metadata.json"]
+    assert "rng/rank0.pt" in meta["files"] and any(f.startswith("dist/") for f in meta["files"])
+    ckpt.verify_checkpoint(tmp_path / "step_000003")
 
 
 def test_not_a_checkpoint_is_named(tmp_path):

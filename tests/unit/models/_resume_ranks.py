@@ -19,7 +19,11 @@ def _policy(settings):
 
 
 def _adam_state(policy) -> list[torch.Tensor]:
-    return [v.clone() for s in policy.optimizer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    """Every Adam state tensor, parameter by parameter in param-group order (a loaded optimizer's
+    ``state`` dict is filled in load order, so its own order is not the parameters')."""
+    inner = policy.optimizer.optimizer
+    return [v.clone() for g in inner.param_groups for p in g["params"]
+            for _, v in sorted(inner.state[p].items()) if torch.is_tensor(v)]
 
 
 def resumed_with_new_settings(rank, world_size, root, old, new) -> dict:

@@ -113,3 +113,13 @@ def test_transformer_engine_is_imported_by_one_module_only():
                for line in p.read_text().splitlines())
     )
     assert importers == ["models/policy/te_spec.py"]
+
+
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "mxfp8", "blockwise"])
+@pytest.mark.parametrize("tp, sp", [(1, False), (4, False), (4, True)])
+def test_fp8_pad_multiple_follows_megatron_cores_alignment(fake_te, recipe, tp, sp):
+    from megatron.core.enums import Fp8Recipe
+    from megatron.core.fp8_utils import get_fp8_align_size
+
+    layout = ParallelConfig(tensor_model_parallel_size=tp, sequence_parallel=sp, fp8=Fp8Config(recipe=recipe))
+    assert layout.sequence_pad_multiple == (tp if sp else 1) * get_fp8_align_size(Fp8Recipe(recipe))

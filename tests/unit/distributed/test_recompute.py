@@ -1,11 +1,6 @@
-"""Right-padding the sequences (sequence parallelism and FP8 need S to be a multiple of TP and
-16) and full activation recompute change neither the GIFT loss, nor any gradient, nor the
-forward log-probs of a tiny megatron-core model (one gloo rank, fp32, tolerance 1e-6).
-
-Sequence parallelism and FP8 themselves need CUDA (apex/TE norms, TE GEMMs); here the padding
-path runs by asking for a multiple of 8 explicitly, and scripts/gpu_acceptance-style GPU runs
-take it from the model's config.
-"""
+"""Full activation recompute (``parallel.recompute_activations``) changes neither the GIFT loss,
+nor any gradient, nor the forward log-probs of a tiny megatron-core model (one gloo rank, fp32,
+tolerance 1e-6). Sequence padding has its own test (test_padding.py)."""
 
 import pytest
 import torch
@@ -14,7 +9,7 @@ from nemo_gift.distributed.spawn import run_on_ranks
 
 pytestmark = pytest.mark.distributed
 
-G, K, SEQ, PROMPT = 4, 2, 13, 5  # 13 tokens: not a multiple of 8
+G, K, SEQ, PROMPT = 4, 2, 13, 5
 
 
 def _batch(vocab):
@@ -50,7 +45,7 @@ def _run(rank, world_size):
     objective = dp_gift_objective(cfg, num_pairs=G * K, num_groups=K, stats_mode=GroupStatsMode.LOCAL)
     state = None
     out = {}
-    for name, recompute, multiple in (("plain", False, 1), ("padded", False, 8), ("recompute", True, 1)):
+    for name, recompute in (("plain", False), ("recompute", True)):
         layout = ParallelConfig(recompute_activations=recompute)
         parallel.initialize(layout, seed=3)
         model = build_gpt_model(model_cfg, layout)
@@ -58,19 +53,19 @@ def _run(rank, world_size):
             state = {n: p.detach().clone() for n, p in model.named_parameters()}
         sharding.load_full_state(model, state)
         ddp = wrap_for_training(model, layout)
-        step = run_step(ddp, micro, objective, sequence_multiple=multiple)
+        step = run_step(ddp, micro, objective)
         grads = {n: p.main_grad.clone() for n, p in model.named_parameters()}
-        lp = forward_logprobs(ddp, micro, sequence_multiple=multiple)
+        lp = forward_logprobs(ddp, micro)
         out[name] = (step["loss"], grads, lp, model.config.recompute_granularity)
     return out
 
 
-def test_padding_and_recompute_change_nothing():
+def test_recompute_changes_nothing():
     (out,) = run_on_ranks(_run, 1, timeout=240)
     loss, grads, lp, granularity = out["plain"]
     assert granularity is None and out["recompute"][3] == "full"
     assert loss > 0.01 and lp.shape == (G * K, SEQ)
-    for name in ("padded", "recompute"):
+    for name in ("recompute",):
         o_loss, o_grads, o_lp, _ = out[name]
         assert abs(o_loss - loss) <= 1e-6, name
         assert o_lp.shape == lp.shape and (o_lp - lp).abs().max() <= 1e-6, name
