@@ -204,6 +204,50 @@ def fp8_step(state: dict) -> str:
     return f"loss {loss.item():.4f}, largest weight change {moved:.2e}"
 
 
+@check("policy_cpu_batches_resume", "MegatronPolicy on CUDA (TE, bf16, distributed optimizer) takes the loop's CPU "
+       "batches, returns CPU log-probs, and a save -> fresh policy -> load resumes the next step bit for bit")
+def policy_cpu_batches_resume(state: dict) -> str:
+    import torch
+
+    from nemo_gift.algorithms.objectives import nll_objective
+    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
+
+    _te_and_local()  # the process group
+    layout = ParallelConfig(transformer_impl="transformer_engine", params_dtype="bfloat16",
+                            use_distributed_optimizer=True)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 500, (4, 64), generator=g)
+    batch = {"tokens": tokens, "labels": torch.roll(tokens, -1, 1), "loss_mask": torch.ones(4, 64, dtype=torch.bool)}
+
+    def policy():
+        parallel.initialize(layout, seed=0)
+        p = MegatronPolicy(_tiny_qwen2(), layout, micro_batch_size=2, with_reference=False)
+        p.configure_optimizer(OptimizerSettings(lr=1e-3, clip_grad=1.0))
+        return p
+
+    def step(p):
+        return p.train_step(batch, nll_objective(num_tokens=4 * 64), group_size=1)["loss"]
+
+    first = policy()
+    lp = first.logprobs(batch)
+    if lp.device.type != "cpu" or lp.shape != (4, 64) or not torch.isfinite(lp).all():
+        raise AssertionError(f"log-probs on {lp.device}, shape {tuple(lp.shape)}")
+    step(first)
+    root = tempfile.mkdtemp(prefix="gpu_acceptance_ckpt_")
+    path = first.save(root, 1, {})
+    straight = step(first)
+    second = policy()
+    second.load(path)
+    resumed = step(second)
+    rel = abs(resumed - straight) / abs(straight)
+    if rel > 1e-6:  # bit for bit on CPU (tests/unit/checkpoint/test_reshard.py)
+        raise AssertionError(f"resumed loss {resumed!r} vs straight {straight!r} (rel {rel:.1e})")
+    return f"log-probs on cpu, mean {lp.mean().item():.4f}; step 2 loss {straight!r} straight, {resumed!r} resumed"
+
+
 @check("gift_tiny_trtllm_te", "2 steps of gift_tiny with rollout.engine=trtllm and TE in bf16, through the launcher "
        "(the owner's environment, Ray placement, refit before the first rollout: defects 1, 3, 5)")
 def gift_tiny_trtllm_te(state: dict) -> str:

@@ -86,8 +86,24 @@ def resume_checkpoint(cfg) -> Path | None:
     if cfg.checkpoint.resume == "never":
         return None
     if cfg.checkpoint.resume == "auto":
-        return latest_checkpoint(Path(cfg.run_dir) / "checkpoints")
+        root = Path(cfg.run_dir) / "checkpoints"
+        return _refuse_all_corrupt(root, latest_checkpoint(root), checksums=False)
     return Path(cfg.checkpoint.resume)
+
+
+def _refuse_all_corrupt(root: Path, found: Path | None, *, checksums: bool) -> Path | None:
+    """``found``, unless it is None while ``root`` holds finished saves that went bad: starting
+    over would overwrite them, so that is refused, naming the bad file."""
+    from nemo_gift.models.policy.checkpoint import corrupt_checkpoints
+
+    if found is None and (bad := corrupt_checkpoints(root, checksums=checksums)):
+        path, problem = bad[0]
+        raise ConfigError(
+            f"checkpoint.resume: {root} holds no usable checkpoint, and starting over would overwrite "
+            f"{len(bad)} that went bad; the newest, {path}: {problem}. Repair or move it, resume from "
+            "another checkpoint (checkpoint.resume=DIR), or start over (another run_dir, or checkpoint.resume=never)"
+        )
+    return found
 
 
 def _diff(saved: Any, new: Any, default: Any, key: str, out: dict[str, tuple[Any, Any]]) -> None:
@@ -167,7 +183,8 @@ def verified_plan(cfg, plan: ResumePlan) -> ResumePlan:
     """``plan`` once the checkpoint's contents are checked (the CRC-32 of every file, the work
     split over the ranks: call it on every rank). A checkpoint named by ``checkpoint.resume``
     must be intact (``ValueError`` naming the bad file); with ``auto``, a corrupt newest one is
-    skipped for the newest intact one, with a warning, and that one's config is compared in turn."""
+    skipped for the newest intact one, with a warning, and that one's config is compared in turn;
+    if none is intact, the start is refused (:class:`ConfigError`) rather than made fresh."""
     from nemo_gift.models.policy import checkpoint
 
     if plan.checkpoint is None:
@@ -175,7 +192,8 @@ def verified_plan(cfg, plan: ResumePlan) -> ResumePlan:
     if cfg.checkpoint.resume != "auto":
         checkpoint.verify_checkpoint(plan.checkpoint)
         return plan
-    path = checkpoint.resumable_checkpoint(Path(cfg.run_dir) / "checkpoints")
+    root = Path(cfg.run_dir) / "checkpoints"
+    path = _refuse_all_corrupt(root, checkpoint.resumable_checkpoint(root), checksums=True)
     return plan if path == plan.checkpoint else plan_for(cfg, path)
 
 

@@ -101,18 +101,36 @@ def _problem(path: Path, *, checksums: bool) -> str | None:
     return checkpoint_files.find_bad_file(path, meta["files"], checksums=checksums)
 
 
-def _newest_usable(root: str | os.PathLike, *, checksums: bool) -> Path | None:
+def _scan(root: str | os.PathLike, *, checksums: bool) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest usable checkpoint under ``root`` or None, the newer finished saves that went bad
+    with why). An unfinished save (no ``metadata.json``) is neither."""
     root = Path(root)
     if not root.is_dir():
-        return None
+        return None, []
     candidates = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))), reverse=True)
+    bad = []
     for _, path in candidates:
         problem = _problem(path, checksums=checksums)
         if problem is None:
-            return path
-        if (path / "metadata.json").is_file() and _rank() == 0:  # a finished save that went bad
-            logger.warning("checkpoint %s is corrupt and is skipped: %s", path, problem)
-    return None
+            return path, bad
+        if (path / "metadata.json").is_file():  # a finished save that went bad
+            bad.append((path, problem))
+    return None, bad
+
+
+def _newest_usable(root: str | os.PathLike, *, checksums: bool) -> Path | None:
+    path, bad = _scan(root, checksums=checksums)
+    if path is not None and _rank() == 0:
+        for skipped, problem in bad:
+            logger.warning("checkpoint %s is corrupt and is skipped: %s", skipped, problem)
+    return path
+
+
+def corrupt_checkpoints(root: str | os.PathLike, *, checksums: bool = False) -> list[tuple[Path, str]]:
+    """The finished saves under ``root`` newer than its newest usable checkpoint that are not
+    usable, newest first, each with the reason that names its bad file (collective with
+    ``checksums`` when a process group exists). A resume refuses to start over past them."""
+    return _scan(root, checksums=checksums)[1]
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:

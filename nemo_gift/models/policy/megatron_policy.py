@@ -13,6 +13,9 @@ per-rank work:
   :func:`nemo_gift.distributed.group_stats.partition_groups`); the objective's loss carries the
   global normalizer, and is scaled by M*D for backward to undo the schedule's 1/M and DDP's
   1/D (the contract of :mod:`nemo_gift.distributed.megatron_step`).
+
+Batches come in on any device (the loop builds them on the CPU); each micro-batch is moved to
+the model's device here, and :meth:`logprobs` returns on the batch's device.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class MegatronPolicy:
         self.optimizer_settings: OptimizerSettings | None = None
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group()
+        self.device = next(self.module.parameters()).device
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizer(self, settings: OptimizerSettings) -> None:
@@ -77,6 +81,9 @@ class MegatronPolicy:
                 f"sequence parallelism, the FP8 GEMM alignment); build it with pad_multiple={multiple}"
             )
 
+    def _on_device(self, micro: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device, non_blocking=True) for key, value in micro.items()}
+
     def _dp_rows(self, n: int) -> slice:
         if n % self.dp_size:
             raise ValueError(f"batch of {n} rows does not split over {self.dp_size} data-parallel ranks")
@@ -92,7 +99,8 @@ class MegatronPolicy:
         rows = self._dp_rows(tokens.shape[0])
         mine_t, mine_l = tokens[rows], labels[rows]
         b = math.gcd(self.micro_batch_size, mine_t.shape[0])
-        micro = [{"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]} for i in range(0, mine_t.shape[0], b)]
+        micro = [self._on_device({"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]})
+                 for i in range(0, mine_t.shape[0], b)]
         if reference:
             with self.reference.on_device() as module:
                 local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk)
@@ -103,11 +111,11 @@ class MegatronPolicy:
                 local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk)
             finally:
                 self.module.train(was_training)
-        if self.dp_size == 1:
-            return local
-        parts = [torch.empty_like(local) for _ in range(self.dp_size)]
-        dist.all_gather(parts, local.contiguous(), group=self.dp_group)
-        return torch.cat(parts)
+        if self.dp_size > 1:
+            parts = [torch.empty_like(local) for _ in range(self.dp_size)]
+            dist.all_gather(parts, local.contiguous(), group=self.dp_group)
+            local = torch.cat(parts)
+        return local.to(tokens.device)
 
     def train_step(self, batch: Mapping[str, torch.Tensor], objective, *, group_size: int) -> dict[str, float]:
         """One optimizer step minimizing the sum of ``objective`` over this mini-batch."""
@@ -124,7 +132,8 @@ class MegatronPolicy:
         # objective then carries group statistics computed over the whole mini-batch.
         step_rows = self.dp_size * b
         micro = [
-            select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b, j * step_rows + (self.dp_rank + 1) * b))
+            self._on_device(select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b,
+                                                             j * step_rows + (self.dp_rank + 1) * b)))
             for j in range(num_micro)
         ]
         self.optimizer.zero_grad()

@@ -74,3 +74,24 @@ def test_a_complete_checkpoint_lists_its_files(saved):
     meta = json.loads((root / "step_000002" / "metadata.json").read_text())
     assert {"rng/rank0.pt", "rng/rank1.pt", "dist/common.pt", "dist/.metadata"} <= set(meta["files"])
     ckpt.verify_checkpoint(root / "step_000002")
+
+
+def test_no_intact_checkpoint_is_refused_not_started_over(saved, tmp_path):
+    """Every finished save went bad (a flipped byte: only the CRC-32 sees it): the resume is
+    refused, naming the bad file, instead of a fresh start that would overwrite them."""
+    from nemo_gift.launcher.main import load
+    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.config.resume import plan_resume, verified_plan
+
+    root, _ = saved
+    run = tmp_path / "run"
+    shutil.copytree(root, run / "checkpoints")
+    shutil.rmtree(run / "checkpoints" / "step_000001")
+    victim = _flip_a_byte(run / "checkpoints" / "step_000002")
+    cfg = load("gift_tiny", [f"run_dir={run}"])
+    plan = plan_resume(cfg)  # sizes only: the launcher's check passes this one
+    assert plan.checkpoint == run / "checkpoints" / "step_000002"
+    with pytest.raises(ConfigError, match="no usable checkpoint") as err:
+        verified_plan(cfg, plan)
+    assert str(victim) in str(err.value) and "checkpoint.resume" in str(err.value)
+    assert victim.exists()
