@@ -93,7 +93,7 @@ class RMSNorm(torch.nn.RMSNorm):
     """
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_unused):
-        super().__init__(hidden_size, eps=eps)
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)  # as TE's norms
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 

@@ -12,7 +12,13 @@ order, see test_recipe_layouts.py), and at the unchanged layout bit for bit.
 import pytest
 
 from nemo_gift.distributed.spawn import run_on_ranks
-from tests.unit.distributed._train_ranks import TRAINER_STATE, reference_run, resharding_source, resharding_target
+from tests.unit.distributed._train_ranks import (
+    TRAINER_STATE,
+    bf16_resume,
+    reference_run,
+    resharding_source,
+    resharding_target,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -69,3 +75,11 @@ def test_switching_the_optimizer_kind_is_refused_with_the_reason(runs):
     _, targets = runs
     message = targets["tp1_dp1"][0]["other_optimizer_error"]
     assert "use_distributed_optimizer=true" in message and "Resume with the saved value" in message
+
+
+def test_bf16_resume_restores_the_fp32_main_weights(tmp_path):
+    """With bf16 parameters the distributed optimizer keeps separate fp32 main weights; a resume
+    that lost them (or the moments) would continue from the rounded bf16 weights instead."""
+    for res in run_on_ranks(bf16_resume, 2, args=(str(tmp_path), SOURCE), timeout=300):
+        assert res["dtypes"] == ["torch.bfloat16"]
+        assert res["resumed"] == res["continued"]

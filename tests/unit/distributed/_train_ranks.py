@@ -281,3 +281,19 @@ def resume_newest_and_finish(rank, world_size, root: str, layout_kwargs: dict, s
     start = policy.load(str(path))["step"]
     return {"start": start, "losses": train(policy, range(start, steps)), "warnings": records}
 
+
+
+def bf16_resume(rank, world_size, root: str, layout_kwargs: dict) -> dict:
+    """bf16 parameters (fp32 main weights in the optimizer): steps 0-1, a checkpoint, steps 2-3;
+    a fresh policy at the same layout loads it and runs steps 2-3 again."""
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    layout = ParallelConfig(params_dtype="bfloat16", **layout_kwargs)
+    policy = build_policy(layout, None)
+    train(policy, range(RESUME_STEP))
+    path = policy.save(root, RESUME_STEP, TRAINER_STATE, keep_last=1)
+    continued = train(policy, range(RESUME_STEP, RESUME_STEP + 2))
+    fresh = build_policy(layout, None)
+    fresh.load(path)
+    return {"dtypes": sorted({str(p.dtype) for p in policy.module.parameters()}), "continued": continued,
+            "resumed": train(fresh, range(RESUME_STEP, RESUME_STEP + 2))}
