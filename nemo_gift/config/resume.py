@@ -13,7 +13,11 @@ Keys that do not change the trajectory (:data:`NOT_TRAJECTORY`), and why:
 
 - the layout: ``parallel.tensor_model_parallel_size``, ``pipeline_model_parallel_size``,
   ``sequence_parallel``, ``use_distributed_optimizer``, ``transformer_impl``, and ``cluster.*``:
-  the same math split differently (checkpoints reshard across layouts);
+  the same math split differently (checkpoints reshard across TP, PP and DP). A checkpoint that
+  cannot load at the new layout is refused whatever ``resume_config_change`` says, before any
+  work (:func:`read_saved_config`): another ``use_distributed_optimizer`` (megatron-core's two
+  optimizers store their state differently), another embedding table (TP not dividing
+  ``model.vocab_size``), or format 1;
 - memory knobs of the same computation: ``trainer.micro_batch_size`` (the loss is normalized
   over the mini-batch, whatever the micro-batch count), ``trainer.logprob_chunk_size``,
   ``init.offload_reference``, ``rollout.trtllm_gpu_memory_fraction``, ``reward.device``,
@@ -138,12 +142,20 @@ def _show(value: Any) -> str:
     return "<absent>" if value is _MISSING else json.dumps(value)
 
 
-def read_saved_config(path: Path) -> tuple[int, dict | None]:
-    """(step, saved run config or None for a checkpoint written before configs were recorded)."""
-    from nemo_gift.models.policy.checkpoint import read_metadata
+def read_saved_config(path: Path, cfg=None) -> tuple[int, dict | None]:
+    """(step, saved run config or None for a checkpoint written before configs were recorded).
+    With ``cfg``, also refuse a checkpoint that cannot load at its layout (format 1, the other
+    optimizer kind, another embedding table: ``checkpoint.check_resumable``)."""
+    from nemo_gift.models.policy.checkpoint import check_resumable, read_metadata
 
     try:
         meta = read_metadata(path)
+        if cfg is not None:
+            tp = cfg.parallel.tensor_model_parallel_size
+            check_resumable(path, meta, {
+                "tp_size": tp, "use_distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+                "padded_vocab_size": cfg.model.padded_vocab_size(tp),
+            }, with_optimizer=True)
         return int(meta["step"]), meta.get("trainer_state", {}).get(RUN_CONFIG_KEY)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
@@ -164,7 +176,7 @@ def plan_for(cfg, path: Path | None) -> ResumePlan:
     """:func:`plan_resume` for the checkpoint ``path`` (None: a fresh start)."""
     if path is None:
         return ResumePlan()
-    step, saved = read_saved_config(path)
+    step, saved = read_saved_config(path, cfg)
     if saved is None:
         logger.warning("%s records no run config (an older checkpoint): the resume cannot be compared", path)
         return ResumePlan(path, step)

@@ -44,7 +44,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -317,11 +317,15 @@ def save_checkpoint(
     return final
 
 
-def _check_resumable(path: Path, meta: dict[str, Any], layout: dict[str, Any], optimizer) -> None:
+def check_resumable(path: Path, meta: dict[str, Any], layout: Mapping[str, Any], *, with_optimizer: bool) -> None:
+    """Raise ``ValueError`` with the reason if the checkpoint ``path`` (its ``meta``) cannot be
+    loaded at ``layout`` (``tp_size``, ``use_distributed_optimizer``, ``padded_vocab_size``):
+    format 1, another optimizer kind (when the optimizer is loaded), another embedding table.
+    Reads only metadata: the launcher calls it before any work (``config.resume.plan_for``)."""
     if meta["format_version"] == checkpoint_legacy.FORMAT_VERSION:
         raise ValueError(checkpoint_legacy.RESUME_REFUSAL.format(path=path))
     saved = meta["layout"]
-    if optimizer is not None and saved["use_distributed_optimizer"] != layout["use_distributed_optimizer"]:
+    if with_optimizer and saved["use_distributed_optimizer"] != layout["use_distributed_optimizer"]:
         raise ValueError(
             f"{path} was saved with parallel.use_distributed_optimizer={str(saved['use_distributed_optimizer']).lower()} "
             f"and this run has {str(layout['use_distributed_optimizer']).lower()}: megatron-core's two optimizers "
@@ -347,7 +351,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     meta = read_metadata(path)
     module = getattr(model, "module", model)
     layout = _layout(module, optimizer)
-    _check_resumable(path, meta, layout, optimizer)
+    check_resumable(path, meta, layout, with_optimizer=optimizer is not None)
     content = dist_checkpointing.load_content_metadata(str(path / "dist")) or SHARDED_METADATA
     state = dist_checkpointing.load(
         _sharded_state_dict(module, optimizer, is_loading=True, metadata=content), str(path / "dist")

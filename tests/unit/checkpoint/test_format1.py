@@ -56,6 +56,13 @@ def test_format1_is_refused_on_resume_and_still_exports(tmp_path):
         run_on_ranks(_resume, 1, args=(str(path),), timeout=120)
     assert "format 1" in str(err.value) and f"python -m nemo_gift.export --checkpoint {path}" in str(err.value)
     assert "init.hf_checkpoint=DIR" in str(err.value)
+    # ... and by the launcher's check, before any work
+    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.config.resume import plan_resume
+    from nemo_gift.launcher.main import load
+
+    with pytest.raises(ConfigError, match="format 1"):
+        plan_resume(load("gift_tiny", [f"checkpoint.resume={path}", f"run_dir={tmp_path / 'run'}"]))
     exported = dict(ckpt.iter_full_tensors(path))
     assert sorted(exported) == sorted(full)
     assert all(torch.equal(exported[k], full[k]) for k in full)

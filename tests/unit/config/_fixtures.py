@@ -17,7 +17,9 @@ def write_checkpoint_metadata(run_dir: Path, cfg, step: int = 2) -> Path:
     path.mkdir(parents=True)
     meta = {
         "format_version": checkpoint.FORMAT_VERSION, "step": step,
-        "layout": {"tp_size": 1, "pp_size": 1, "world_size": 1},
+        "layout": {"tp_size": 1, "pp_size": 1, "dp_size": 1, "world_size": 1,
+                   "use_distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+                   "padded_vocab_size": cfg.model.padded_vocab_size(1)},
         "trainer_state": {RUN_CONFIG_KEY: to_dict(cfg), "step": step, "sampler": {}},
     }
     (path / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

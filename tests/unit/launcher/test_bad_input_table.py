@@ -102,6 +102,8 @@ TABLE = [
     # resume: where from
     ("checkpoint.resume=<no checkpoint>", ["checkpoint.resume={dir}"], "checkpoint.resume", None),
     ("resume from torn metadata.json", [], "checkpoint.resume", "corrupt"),
+    ("resume switching the optimizer kind", ["parallel.use_distributed_optimizer=true"],
+     "was saved with parallel.use_distributed_optimizer=false", "checkpoint"),
 ]
 
 SUBPROCESS = ["optim.lr=nan", "resume optim.lr", "run_dir=<file>", "name=../../.."]
