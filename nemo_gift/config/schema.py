@@ -219,9 +219,10 @@ class RolloutConfig:
     group_size: int = 8
     """G, responses per prompt (the author's scripts: 16). Must be >= 2."""
     temperature: float = 1.0
+    """Sampling temperature of the training rollouts; > 0 (0 would be greedy: G equal responses)."""
     top_p: float = 1.0
     top_k: int = 0
-    """0 disables top-k."""
+    """0 disables top-k; 1 is refused (greedy, as temperature 0)."""
     max_new_tokens: int = 1024
     eval_temperature: float = 0.0
     """0 is greedy decoding: pass@1 at evaluation."""
@@ -233,6 +234,13 @@ class RolloutConfig:
         check_range("rollout.temperature", self.temperature, low=0)
         check_range("rollout.top_p", self.top_p, low=0, high=1, low_open=True)
         check_range("rollout.top_k", self.top_k, low=0)
+        for key, greedy in (("temperature", self.temperature == 0), ("top_k", self.top_k == 1)):
+            if greedy:  # TensorRT-LLM 1.2 also refuses n > 1 under greedy decoding (SamplingParams)
+                raise ConfigError(
+                    f"rollout.{key}={getattr(self, key)} decodes greedily: the G={self.group_size} responses of a "
+                    "prompt would be identical, every group's std 0 and the loss 0. Sample (temperature > 0, "
+                    "top_k 0 or >= 2); greedy decoding is for evaluation (rollout.eval_temperature=0)"
+                )
         check_range("rollout.max_new_tokens", self.max_new_tokens, low=1)
         check_range("rollout.eval_temperature", self.eval_temperature, low=0)
         check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,

@@ -64,6 +64,8 @@ TABLE = [
     ("optim.warmup_steps<0", ["optim.warmup_steps=-1"], "optim.warmup_steps=-1", None),
     ("rollout.top_p=nan", ["rollout.top_p=nan"], "rollout.top_p=nan", None),
     ("rollout.top_k<0", ["rollout.top_k=-1"], "rollout.top_k=-1", None),
+    ("rollout.top_k=1 (greedy rollouts)", ["rollout.top_k=1"], "rollout.top_k=1 decodes greedily", None),
+    ("rollout.temperature=0 (greedy rollouts)", ["rollout.temperature=0"], "rollout.temperature=0", None),
     ("rollout.eval_temperature=inf", ["rollout.eval_temperature=inf"], "rollout.eval_temperature=inf", None),
     ("rollout.trtllm_gpu_memory_fraction=0", ["rollout.trtllm_gpu_memory_fraction=0"],
      "rollout.trtllm_gpu_memory_fraction=0.0", None),
