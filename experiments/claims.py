@@ -11,8 +11,9 @@ the RL pool, both sets of one difficulty mix, conf/task/arithmetic_scratchpad.ya
 - ``delta_gap``: gap(T) - gap(0), gap = train pass@1 - eval pass@1. Subtracting gap(0) removes
   what the warm start left, so this is the gap RL opened: overfitting to the pool.
 - ``memo``: ``memo/pass@1`` at T: the share of the wrong-key prompts answered with their wrong
-  key, which only fitting those very prompts can produce (direct memorization); ``memo_start``
-  the same at step 0, what the warm start already answered.
+  key (the answer's last digit + 1 mod 10, which neither the rule nor the warm start's teacher
+  gives), which only fitting those very prompts can produce (direct memorization); ``memo_start``
+  the same at step 0, near 0 by construction (nemo_gift/data/arithmetic_sets.py).
 - ``length``: mean sampled response length in tokens (EOS included) over the last 10% of steps;
   ``start_length`` the same over the first 10%.
 - ``zcorr_first`` / ``zcorr_later``, ``degenerate_first`` / ``degenerate_later``: GIFT's

@@ -298,10 +298,11 @@ class Experiment:
             "- Δgap(T): gap(T) − gap(0), gap = pass@1 on the RL pool minus held-out pass@1 (same difficulty mix). "
             "Where every arm fits the pool (final pass@1 on the RL pool near 1), Δgap(T) mostly mirrors the final "
             "held-out pass@1: the arm that generalizes less has the larger gap.",
-            "- memorization: the share of the wrong-key prompts (keyed with the carry-less sum) answered with that "
-            "wrong key at the last step. The warm start's teacher drops carries, so the wrong key can already be the "
-            "greedy answer at step 0 (`memo/pass@1 at step 0`); the metric then measures whether RL unlearns a "
-            "rewarded wrong answer, and cannot fall below what no arm unlearns.",
+            "- memorization: the share of the wrong-key prompts answered greedily with their wrong key at the last "
+            "step. The key is the true answer with its last digit d replaced by (d + 1) mod 10: neither the rule nor "
+            "the warm start's carry-dropping teacher gives it, and the warm start samples it only as a rare slip "
+            "(nemo_gift/data/arithmetic_sets.py), so it starts near 0 (`memo/pass@1 at step 0`) and rises only if RL "
+            "fits those very prompts against the rule.",
             "- response length: sampled response tokens (EOS included), mean over the first / last 10% of steps.",
             "",
             "## Why not the earlier one-step comparison", "",

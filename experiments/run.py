@@ -9,8 +9,10 @@
 2. warm start: one short run per distinct supervised warm start, one after another, so that
    the parallel runs find OUT/sft_cache filled instead of racing to write it.
 3. run: each (arm, seed) is ``launcher/run.py`` in a subprocess, ``jobs`` at a time, logging to
-   OUT/runs/ARM/seed_S.log. A run that already logged its last step (with the same config) is
-   skipped, so rerunning resumes; a partial one is rerun and continues from its checkpoint.
+   OUT/runs/ARM/seed_S.log. A run that already logged its last step (with the same config and
+   the same prompt sets, OUT/runs/ARM/seed_S.prompts) is skipped, so rerunning resumes; a partial
+   one is rerun and continues from its checkpoint; one made with another config or other prompt
+   sets (e.g. by older code) is rerun from scratch.
 4. report: experiments/report.py writes docs/results.md and docs/img/*.png (``--smoke``:
    OUT/results.md and OUT/img/). OUT/manifest.json records the spec, commit and run times.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -51,6 +54,8 @@ class RunPlan:
     config: dict
     warm_start_key: str | None = None
     """nemo_gift.train.sft_cache_key of the run; None when it has no cached warm start."""
+    prompt_sets: str | None = None
+    """:func:`prompt_sets_digest` of the run; None when not computed (datasets other than arithmetic)."""
 
     @property
     def key(self) -> str:
@@ -60,20 +65,41 @@ class RunPlan:
     def log(self) -> Path:
         return self.run_dir.parent / f"{self.run_dir.name}.log"
 
+    @property
+    def prompts_file(self) -> Path:
+        """Where the runner records the prompt sets' digest the run was made with."""
+        return self.run_dir.parent / f"{self.run_dir.name}.prompts"
+
     def command(self) -> list[str]:
         return [sys.executable, str(LAUNCHER), f"conf={self.arm.conf}", *self.overrides]
 
 
-def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None]:
-    """The validated config as a plain dict, and its warm start's cache key (None without one);
-    raises ConfigError naming the key."""
+def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None, str | None]:
+    """The validated config as a plain dict, its warm start's cache key (None without one) and
+    its :func:`prompt_sets_digest`; raises ConfigError naming the key."""
     from nemo_gift.config.convert import to_dict
     from nemo_gift.launcher.main import load
     from nemo_gift.train import sft_cache_key
 
     cfg = load(conf, overrides)
     key = sft_cache_key(cfg, cfg.cluster.world_size) if cfg.sft.steps and cfg.sft.cache_dir else None
-    return to_dict(cfg), key
+    return to_dict(cfg), key, prompt_sets_digest(cfg)
+
+
+def prompt_sets_digest(cfg) -> str | None:
+    """sha256 (16 hex digits) of the prompts and keys of every set the run trains and scores on
+    (RL, held-out, train-eval and the extra sets such as the wrong-key slice), as
+    nemo_gift.train.build_task builds them; None for datasets other than the synthetic arithmetic.
+    Code that changes a set (a new wrong key) changes it while the config stays the same."""
+    from nemo_gift.train import build_task
+
+    if cfg.data.dataset != "arithmetic":
+        return None
+    task = build_task(cfg)
+    sets = {"train": task.train_records, "eval": task.eval_records, "train_eval": task.train_eval_records,
+            **{f"extra/{k}": v for k, v in sorted(task.extra_eval_records.items())}}
+    blob = json.dumps({k: [[r.prompt, r.ground_truth] for r in v] for k, v in sets.items()})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunPlan]:
@@ -88,10 +114,10 @@ def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunP
             run_dir = out / "runs" / arm.name / f"seed_{seed}"
             overrides = [*spec.run_overrides(arm, seed), f"sft.cache_dir={cache}", f"run_dir={run_dir}", *QUIET]
             try:
-                config, key = compose(arm.conf, overrides)
+                config, key, prompt_sets = compose(arm.conf, overrides)
             except ConfigError as err:
                 raise SpecError(f"arm {arm.name!r} (conf={arm.conf}, seed={seed}): {err}") from err
-            plans.append(RunPlan(arm, seed, run_dir, overrides, config, key))
+            plans.append(RunPlan(arm, seed, run_dir, overrides, config, key, prompt_sets))
     _check_plans(spec, plans)
     return plans
 
@@ -116,10 +142,14 @@ def _check_plans(spec: Spec, plans: list[RunPlan]) -> None:
 
 
 def _saved_config_matches(plan: RunPlan) -> bool:
-    """Whether the run in plan.run_dir was made with this config (its paths aside)."""
+    """Whether the run in plan.run_dir was made with this config (its paths aside) and, when the
+    plan has a prompt-sets digest, with those prompt sets (a run without a recorded digest was not)."""
     saved = report.saved_config(plan.run_dir)
     if saved is None:
         return True
+    if plan.prompt_sets is not None and (
+            not plan.prompts_file.is_file() or plan.prompts_file.read_text().strip() != plan.prompt_sets):
+        return False
     def strip(config: dict) -> dict:
         return {**config, "run_dir": None, "sft": {**config.get("sft", {}), "cache_dir": None}}
 
@@ -180,10 +210,13 @@ def run_one(plan: RunPlan, max_steps: int, env: dict) -> dict:
     """Run (or skip) one (arm, seed); returns its manifest entry."""
     entry = {"arm": plan.arm.name, "seed": plan.seed, "log": str(plan.log)}
     if not _saved_config_matches(plan):
-        shutil.rmtree(plan.run_dir)  # made with another spec: its numbers would not be this arm's
-        entry["note"] = "config changed: rerun from scratch"
+        shutil.rmtree(plan.run_dir)  # made with another spec or other prompts: its numbers would not be this arm's
+        entry["note"] = "config or prompt sets changed: rerun from scratch"
     elif report.run_complete(plan.run_dir, max_steps):
         return {**entry, "status": "skipped", "returncode": 0}
+    if plan.prompt_sets is not None:
+        plan.prompts_file.parent.mkdir(parents=True, exist_ok=True)
+        plan.prompts_file.write_text(plan.prompt_sets + "\n")
     rc, wall, cpu = _launch(plan.command(), plan.log, env)
     done = rc == 0 and report.run_complete(plan.run_dir, max_steps)
     return {**entry, "status": "ok" if done else "failed", "returncode": rc, "wall_s": round(wall, 1),

@@ -7,18 +7,34 @@ With ``ArithmeticConfig.pool_size`` set, :func:`rl_sets` builds, from one ``seed
   is measured on exactly the prompts RL trained on;
 - the **held-out** set: ``eval_size`` distinct HELDOUT problems (never in any training set,
   the split being a hash of the problem);
-- the **wrong-key slice**: ``wrong_key_prompts`` further distinct TRAIN problems with a carry,
-  outside the pool, whose key is the carry-less answer (``58+67`` -> ``15``). RL trains on them
-  with the rest; a greedy answer equal to that key can only come from fitting those prompts
-  against the rule, so its rate (``memo/pass@1``) measures memorization directly.
+- the **wrong-key slice**: ``wrong_key_prompts`` further distinct TRAIN problems outside the
+  pool, whose key is :func:`wrong_key`: the true answer with its last digit d replaced by
+  (d + 1) mod 10 (``58+67`` -> ``126``, ``59+70`` -> ``120``). RL trains on them with the rest and
+  is rewarded for that key; ``memo/pass@1`` is the share of them answered greedily with it.
 
-The pool and the held-out set have the same difficulty mix: both are filled to per-stratum
+Why that key. A memorization probe must start near 0 and rise only if RL fits those very prompts
+against the rule. The first version keyed the slice with the carry-less sum (``58+67`` -> ``15``),
+which is what the warm start's flawed teacher (``teacher_carry_drop``) demonstrates: the warm start
+already answered it greedily on every slice prompt (``memo/pass@1`` 1.000 at step 0 in every arm),
+so the probe measured nothing. The last digit of a sum is ``(a_0 + b_0) mod 10`` under every carry
+rule (correct, carry-less, or any carry dropped), so a key whose last digit differs is produced
+neither by the rule nor by the teacher, nor by any carry slip; it differs from the true answer in
+one digit only, and the warm start does make that slip when it samples: measured with the
+experiment's warm start (``sft.seed=1234``) on 600 TRAIN sums outside the pool, the greedy answer
+was this key 0 times (434 carry-less, 166 correct), and 64 samples at temperature 1 gave it in 0.88%
+of the responses (0.95%, 0.79%, 0.98% on sums with 0, 1, 2 carries), at least once for 31% of the
+sums. So RL sees the key, and can only make it greedy by fitting those prompts. A key the warm
+start never samples (last digit + 5: 0.01% of the samples) would stay unrewarded, hence at 0,
+whatever the algorithm. Because the key differs from the true answer on every problem, the slice
+needs no carry, and it has the pool's difficulty mix.
+
+The pool, the held-out set and the slice have one difficulty mix: each is filled to per-stratum
 quotas computed from the same stratum shares, a stratum being (digits of the shorter operand,
 digits of the longer, number of carries). The shares are the task distribution's, estimated from
 ``SHARE_DRAWS`` draws of a fixed generator; each set's quotas are the largest-remainder rounding
 of its size times those shares; the held-out quotas are k times the pool's plus the rounding of
-the remainder, so with ``eval_size = k * pool_size`` the two mixes are identical. The wrong-key
-slice is drawn in the same way among carry problems.
+the remainder, so with ``eval_size = k * pool_size`` the pool's and the held-out mixes are
+identical.
 """
 
 from __future__ import annotations
@@ -96,11 +112,20 @@ def stratified_problems(task: ArithmeticTask, split: Split, quota: dict[Stratum,
                      "widen the digit range or lower the set sizes")
 
 
+def wrong_key(problem: ArithmeticProblem) -> int:
+    """The true answer with its last digit d replaced by (d + 1) mod 10, the sign kept
+    (``125`` -> ``126``, ``129`` -> ``120``, ``-7`` -> ``-8``): never the answer, and for a sum
+    never what any carry rule gives (see the module docstring)."""
+    value = abs(problem.answer)
+    key = value - value % 10 + (value % 10 + 1) % 10
+    return -key if problem.answer < 0 else key
+
+
 def wrong_key_record(task: ArithmeticTask, problem: ArithmeticProblem) -> PromptRecord:
-    """A TRAIN record whose key is the carry-less answer; ``meta["true_answer"]`` keeps the sum."""
+    """A TRAIN record keyed with :func:`wrong_key`; ``meta["true_answer"]`` keeps the answer."""
     record = task.record(problem, Split.TRAIN)
     meta = {**record.meta, "true_answer": str(problem.answer), "wrong_key": True}
-    return dataclasses.replace(record, ground_truth=str(problem.carryless_answer), meta=meta)
+    return dataclasses.replace(record, ground_truth=str(wrong_key(problem)), meta=meta)
 
 
 def rl_sets(task: ArithmeticTask, eval_size: int, seed: int) -> RlSets:
@@ -114,8 +139,7 @@ def rl_sets(task: ArithmeticTask, eval_size: int, seed: int) -> RlSets:
     heldout_quota = {s: k * pool_quota[s] + rest_quota[s] for s in shares}
     pool = stratified_problems(task, Split.TRAIN, pool_quota, seed)
     heldout = stratified_problems(task, Split.HELDOUT, heldout_quota, seed + 1)
-    carry_shares = {s: v for s, v in shares.items() if s[2] > 0}
-    wrong = stratified_problems(task, Split.TRAIN, quotas(carry_shares, cfg.wrong_key_prompts), seed + 2,
+    wrong = stratified_problems(task, Split.TRAIN, quotas(shares, cfg.wrong_key_prompts), seed + 2,
                                 exclude={p.canonical() for p in pool})
     pool_records = [task.record(p, Split.TRAIN) for p in pool]
     wrong_records = [wrong_key_record(task, p) for p in wrong]

@@ -170,8 +170,9 @@ class ArithmeticConfig:
     (:mod:`nemo_gift.data.arithmetic_sets`); the train-eval set is this pool. None: a stream of
     4096 training prompts with repeats, and the train-eval set is its head."""
     wrong_key_prompts: int = 0
-    """Extra RL prompts (with a pool) whose key is the carry-less answer: a model that fits them
-    has memorized them against the rule (``memo/pass@1``)."""
+    """Extra RL prompts (with a pool) keyed with a wrong answer that neither the rule nor the
+    teacher gives (:func:`nemo_gift.data.arithmetic_sets.wrong_key`): a model that fits them has
+    memorized them against the rule (``memo/pass@1``)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 18:
@@ -193,8 +194,6 @@ class ArithmeticConfig:
             raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
         if self.wrong_key_prompts < 0 or (self.wrong_key_prompts and self.pool_size is None):
             raise ValueError(f"wrong_key_prompts={self.wrong_key_prompts} must be >= 0, and > 0 only with a pool_size")
-        if self.wrong_key_prompts and Operator.ADD not in self.operators:
-            raise ValueError("wrong_key_prompts > 0 needs the '+' operator: the wrong key is the carry-less sum")
 
 
 @dataclass(frozen=True)

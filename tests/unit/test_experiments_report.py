@@ -229,6 +229,29 @@ def test_runner_reruns_a_run_made_with_another_config(tmp_path):
     assert run._saved_config_matches(plan)  # moved, same settings
     (plan.run_dir / "config.yaml").write_text(yaml.safe_dump({"run_dir": "/a", "seed": 2}))
     assert not run._saved_config_matches(plan)
+    # Same config, but the prompt sets (built by code) are checked too: a run with no recorded digest,
+    # or another one, was made with other prompts.
+    (plan.run_dir / "config.yaml").write_text(yaml.safe_dump({"run_dir": "/a", "seed": 1}))
+    plan.prompt_sets = "0123abcd"
+    assert not run._saved_config_matches(plan)
+    plan.prompts_file.write_text("ffff0000\n")
+    assert not run._saved_config_matches(plan)
+    plan.prompts_file.write_text("0123abcd\n")
+    assert run._saved_config_matches(plan)
+
+
+def test_prompt_sets_digest_follows_the_sets_not_the_arm(monkeypatch):
+    from nemo_gift.data import arithmetic_sets
+
+    def digest(conf, *extra):
+        return run.compose(conf, ["data.seed=5", *extra])[2]
+
+    gift = digest("gift_tiny_scratchpad")
+    assert len(gift) == 16 and gift == digest("grpo_tiny_scratchpad", "optim.lr=3e-5")  # same prompts, other arm
+    assert gift != digest("gift_tiny_scratchpad", "data.seed=6")
+    assert gift != digest("gift_tiny_scratchpad", "data.arithmetic.wrong_key_prompts=4")
+    monkeypatch.setattr(arithmetic_sets, "wrong_key", lambda p: p.answer + 2)  # code that changes a key
+    assert gift != digest("gift_tiny_scratchpad")
 
 
 def test_launch_measures_the_childs_cpu_time(tmp_path):

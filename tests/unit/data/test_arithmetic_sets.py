@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from nemo_gift.data import ArithmeticConfig, ArithmeticProblem, ArithmeticTask, Operator, Split, format_answer
-from nemo_gift.data.arithmetic_sets import quotas, rl_sets, stratified_problems, stratum, stratum_shares
+from nemo_gift.data.arithmetic_sets import quotas, rl_sets, stratified_problems, stratum, stratum_shares, wrong_key
 from nemo_gift.rewards import Reason, get_verifier
 
 
@@ -60,6 +60,30 @@ def test_teacher_writes_the_scratchpad_at_its_rate_and_drops_carries_otherwise()
     assert _response(task, *task.sft_example(problems[0])) == problems[0].target()
 
 
+@pytest.mark.parametrize("a, op, b, key", [
+    (58, "+", 67, 126), (59, "+", 70, 120), (12, "+", 34, 47), (95, "+", 5, 101), (0, "+", 0, 1),
+    (50, "+", 49, 90), (3, "-", 10, -8), (7, "*", 8, 57),
+])
+def test_wrong_key_by_hand(a, op, b, key):
+    assert wrong_key(ArithmeticProblem(a, Operator(op), b)) == key
+
+
+def test_wrong_key_is_neither_the_rule_nor_any_carry_slip():
+    # Every 2-digit sum: one digit changed, the last; so neither the answer, nor the carry-less
+    # answer, nor any partial carry (all end in (a_0 + b_0) mod 10).
+    for a in range(10, 100):
+        for b in range(10, 100):
+            p = ArithmeticProblem(a, Operator.ADD, b)
+            key, answer = str(wrong_key(p)), str(p.answer)
+            assert len(key) == len(answer) and key[:-1] == answer[:-1]
+            assert int(key[-1]) == (a + b + 1) % 10 != (a % 10 + b % 10) % 10 == p.carryless_answer % 10
+    # The warm start's teacher never demonstrates it (3000 sums, both its forms).
+    task, rng = ArithmeticTask(ArithmeticConfig(min_digits=2, max_digits=2, teacher_carry_drop=0.9,
+                                                scratchpad_rate=0.3)), random.Random(0)
+    demos = [(p, _response(task, *task.sft_example(p, rng))) for p in task.problems("train", 3000, seed=3)]
+    assert not any(r.rsplit(" ", 1)[-1] == str(wrong_key(p)) for p, r in demos)
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"scratchpad_rate": 1.5}, "scratchpad_rate"), ({"scratchpad_rate": 0.2, "operators": ("+", "-")}, "scratchpad"),
     ({"pool_size": 0}, "pool_size"), ({"wrong_key_prompts": 4}, "wrong_key_prompts"),
@@ -101,10 +125,13 @@ def test_pool_heldout_and_wrong_key_sets():
     pool_mix = Counter(stratum(_problem(r)) for r in pool)
     assert Counter(stratum(_problem(r)) for r in held) == Counter({s: 4 * n for s, n in pool_mix.items()})
     assert pool_mix == Counter(quotas(stratum_shares(task), 56))
-    # Wrong keys: carry problems keyed with the carry-less sum; the true sum is kept in meta.
-    for r in wrong:
-        p = _problem(r)
-        assert p.has_carry and r.ground_truth == str(p.carryless_answer) != r.meta["true_answer"] == str(p.answer)
+    # The slice has the pool's mix too: quotas(shares, 8) = 2, 4, 2 sums with 0, 1, 2 carries.
+    assert Counter(stratum(_problem(r)) for r in wrong) == Counter({(2, 2, 0): 2, (2, 2, 1): 4, (2, 2, 2): 2})
+    # Wrong keys: the answer's last digit plus 1 mod 10; the true answer is kept in meta.
+    assert [(r.prompt, r.ground_truth, r.meta["true_answer"]) for r in wrong] == [
+        ("95+43=", "139", "138"), ("33+95=", "129", "128"), ("29+88=", "118", "117"), ("21+16=", "38", "37"),
+        ("46+97=", "144", "143"), ("11+52=", "64", "63"), ("92+66=", "159", "158"), ("92+73=", "166", "165")]
+    assert all(r.ground_truth == str(wrong_key(_problem(r))) for r in wrong)
     assert all(r.ground_truth == str(_problem(r).answer) for r in pool + held)
     assert rl_sets(task, 224, 1234) == sets and rl_sets(task, 224, 99) != sets  # seeded
 
@@ -124,6 +151,10 @@ def test_build_task_uses_the_pool_and_scores_the_wrong_keys():
     assert len(task.train_records) == 64 and task.train_eval_records == task.train_records[:56]
     assert len(task.eval_records) == 224 and [len(v) for v in task.extra_eval_records.values()] == [8]
     memo = task.extra_eval_records["memo"]
-    rewards, reasons = task.score(memo[:2], [f"{memo[0].ground_truth[::-1]} {memo[0].ground_truth}",
-                                             memo[1].meta["true_answer"]])
-    assert rewards.tolist() == [1.0, 0.0] and reasons == ["correct", "wrong"]
+    assert memo == task.train_records[56:] and all(r.ground_truth == str(wrong_key(_problem(r))) for r in memo)
+    p = _problem(memo[0])
+    # Rewarded: the wrong key, with or without a scratchpad. Not: the true answer, the carry-less one.
+    texts = [f"{memo[0].ground_truth[::-1]} {memo[0].ground_truth}", memo[0].ground_truth,
+             memo[0].meta["true_answer"], str(p.carryless_answer)]
+    rewards, reasons = task.score([memo[0]] * 4, texts)
+    assert rewards.tolist() == [1.0, 1.0, 0.0, 0.0] and reasons == ["correct", "correct", "wrong", "wrong"]
