@@ -75,7 +75,7 @@ def _methods(group, chunk):
 def _bench_rank(rank, world_size, reps, chunk):
     from megatron.core import parallel_state as ps
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.config import ParallelConfig
 
     parallel.initialize(ParallelConfig(tensor_model_parallel_size=TP))

@@ -77,7 +77,7 @@ class RunPlan:
 def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None, str | None]:
     """The validated config as a plain dict, its warm start's cache key (None without one) and
     its :func:`prompt_sets_digest`; raises ConfigError naming the key."""
-    from nemo_gift.config.convert import to_dict
+    from nemo_gift.utils.convert import to_dict
     from nemo_gift.launcher.main import load
     from nemo_gift.train import sft_cache_key
 
@@ -104,7 +104,7 @@ def prompt_sets_digest(cfg) -> str | None:
 
 def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunPlan]:
     """Compose and validate every run, seed-major (an early stop leaves whole seeds done)."""
-    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.utils.convert import ConfigError
 
     arms = [a for a in spec.arms if not only or a.name in only]
     cache = out / "sft_cache"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 from nemo_gift.config.resume import RUN_CONFIG_KEY, ResumePlan, plan_resume, record_changes, verified_plan
 from nemo_gift.config.schema import RunConfig, read_run_config
 
@@ -230,8 +230,8 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
 
     from nemo_gift.algorithms.gift import LoopConfig, LoopParts, train
     from nemo_gift.algorithms.rollout import PromptSampler
-    from nemo_gift.distributed import parallel
-    from nemo_gift.models.generation.interfaces import SamplingConfig
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.algorithms.interfaces import SamplingConfig
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings
     from nemo_gift.utils.logger import MetricsLogger

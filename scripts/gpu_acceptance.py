@@ -83,7 +83,7 @@ def _agreement(got: list[list[int]], ref: list[list[int]]) -> str:
 def _engine(state: dict):
     """The engine of the engine checks, built once on the first model's checkpoint."""
     if "engine" not in state:
-        from nemo_gift.export.mapping import model_config_to_hf_config
+        from nemo_gift.models.policy.hf_weights import model_config_to_hf_config
         from nemo_gift.models.generation import trtllm_engine as te
 
         cfg = _tiny_qwen2()
@@ -98,7 +98,7 @@ def _engine(state: dict):
 
 
 def _greedy(engine) -> list[list[int]]:
-    from nemo_gift.models.generation.interfaces import SamplingConfig
+    from nemo_gift.algorithms.interfaces import SamplingConfig
 
     return engine.generate(PROMPTS, 1, SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=0.0)).responses()
 
@@ -148,8 +148,8 @@ def _te_and_local(fp8: bool = False):
     import torch
     import torch.distributed as dist
 
-    from nemo_gift.distributed import parallel
-    from nemo_gift.export.mapping import export_hf_tensors, load_hf_tensors
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors, load_hf_tensors
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import Fp8Config, ParallelConfig
 
@@ -210,7 +210,7 @@ def policy_cpu_batches_resume(state: dict) -> str:
     import torch
 
     from nemo_gift.algorithms.objectives import nll_objective
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.config import ParallelConfig
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings

@@ -37,7 +37,7 @@ from nemo_gift.algorithms.interfaces import PolicyInterface
 from nemo_gift.algorithms.normalization import explicit_advantages, group_moments, implicit_rewards
 from nemo_gift.algorithms.objectives import gift_objective, grpo_objective
 from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch, select
-from nemo_gift.models.generation.interfaces import GenerationBackend, SamplingConfig
+from nemo_gift.algorithms.interfaces import GenerationBackend, SamplingConfig
 
 
 @dataclasses.dataclass

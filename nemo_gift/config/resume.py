@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The typed run configuration: every key a recipe in ``conf/`` may set, and its validation.
 
 A recipe is composed by Hydra (``defaults:`` overlays), then becomes a :class:`RunConfig`
-through :func:`nemo_gift.config.convert.from_dict` (unknown keys and wrong types fail, naming
+through :func:`nemo_gift.utils.convert.from_dict` (unknown keys and wrong types fail, naming
 the key), and :func:`validate` checks the whole before any work starts: the parallel layout
 against the model and the world size, the batch arithmetic, G >= 2, lengths, paths, and the
 extras that the chosen engine, FP8 or NeMo-Aligner need.
@@ -23,9 +23,9 @@ from typing import Literal
 import torch
 
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
-from nemo_gift.config.checks import check_choice, check_path, check_range, check_safe_name, check_writable_dir
-from nemo_gift.config.convert import ConfigError, from_dict, to_dict
-from nemo_gift.launcher.cluster import ClusterConfig
+from nemo_gift.utils.checks import check_choice, check_path, check_range, check_safe_name, check_writable_dir
+from nemo_gift.utils.convert import ConfigError, from_dict, to_dict
+from nemo_gift.config.cluster import ClusterConfig
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 
 DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_instruct"]

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.launcher.process import RunDirBusy, RunDirLock, run_ranks
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -57,7 +57,7 @@ def compose(name: str, overrides: list[str], conf_dir: Path = DEFAULT_CONF_DIR) 
 
     from hydra.core.config_store import ConfigStore
 
-    from nemo_gift.config.convert import to_dict
+    from nemo_gift.utils.convert import to_dict
     from nemo_gift.config.schema import RunConfig
 
     # Every schema key with its default, so that any key can be overridden without "+";

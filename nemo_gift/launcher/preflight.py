@@ -24,7 +24,7 @@ import json
 import math
 from pathlib import Path
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 
 GIB = 2**30
 RESERVE_GIB = 2.0

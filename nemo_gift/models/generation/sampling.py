@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 
 __all__ = ["filter_logits", "make_generator", "sample", "token_logprobs"]
 
@@ -30,7 +30,7 @@ def filter_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
 
     Greedy (``temperature == 0``) returns the untempered, unfiltered logits: its sampling
     distribution is a point mass, and the untempered model distribution is what it reports
-    log-probs under (see :mod:`~nemo_gift.models.generation.interfaces`).
+    log-probs under (see :mod:`~nemo_gift.algorithms.interfaces`).
     """
     logits = logits.float()
     if sampling.greedy:

@@ -54,7 +54,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from nemo_gift.models.generation.interfaces import FinishReason, GenerationOutput, HFWeights, SamplingConfig
+from nemo_gift.algorithms.interfaces import FinishReason, GenerationOutput, HFWeights, SamplingConfig
 from nemo_gift.models.generation.kv_cache import KVCache, attend
 from nemo_gift.models.generation.lean_forward import LeanForward, unsupported_reason
 from nemo_gift.models.generation.sampling import make_generator, sample
@@ -153,7 +153,7 @@ class _CachedAttention(torch.nn.Module):
 
 
 class TorchGenerationEngine:
-    """The :class:`~nemo_gift.models.generation.interfaces.GenerationBackend` on a
+    """The :class:`~nemo_gift.algorithms.interfaces.GenerationBackend` on a
     megatron-core ``GPTModel`` (this rank's TP shard, PP = 1).
 
     Args:
@@ -207,7 +207,7 @@ class TorchGenerationEngine:
     def generate(self, prompts: Sequence[Sequence[int]], n: int = 1,
                  sampling: SamplingConfig | None = None) -> GenerationOutput:
         """Sample ``n`` responses to each prompt; see the padding contract in
-        :mod:`~nemo_gift.models.generation.interfaces`."""
+        :mod:`~nemo_gift.algorithms.interfaces`."""
         sampling = sampling or SamplingConfig()
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake() before generate()")
@@ -231,9 +231,9 @@ class TorchGenerationEngine:
         return out
 
     def refit(self, weights: HFWeights) -> None:
-        """Load full HF-named tensors (``nemo_gift.export.mapping.export_hf_tensors``) into this
+        """Load full HF-named tensors (``nemo_gift.models.policy.hf_weights.export_hf_tensors``) into this
         rank's shard of the model. Call it after ``wake()``."""
-        from nemo_gift.export.mapping import load_hf_tensors
+        from nemo_gift.models.policy.hf_weights import load_hf_tensors
 
         load_hf_tensors(self.model, self.cfg, weights)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from nemo_gift.config.checks import check_range
+from nemo_gift.models.policy import te_extra
+from nemo_gift.utils.checks import check_range
 
 Architecture = Literal["llama", "qwen2", "qwen3"]
 ParamsDtype = Literal["float32", "bfloat16", "float16"]
@@ -202,10 +203,8 @@ class ParallelConfig:
         if isinstance(self.fp8, dict):  # from YAML
             self.fp8 = Fp8Config(**self.fp8)
         if self.fp8 is not None or self.transformer_impl == "transformer_engine":
-            from nemo_gift.models.policy import te_spec
-
             what = "parallel.fp8" if self.fp8 is not None else "parallel.transformer_impl=transformer_engine"
-            te_spec.require_transformer_engine(what)
+            te_extra.require_transformer_engine(what)
         if self.fp8 is not None and self.transformer_impl == "local":
             raise ValueError("parallel.fp8 needs the Transformer Engine layers; set parallel.transformer_impl to auto")
 

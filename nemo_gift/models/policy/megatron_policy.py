@@ -9,10 +9,10 @@ per-rank work:
   vocab-parallel reduction (:mod:`nemo_gift.distributed.logprobs`); the last stage's result is
   broadcast over PP, then all-gathered over DP, so every rank returns the whole [N, S].
 - :meth:`train_step`: the mini-batch is dealt over DP ranks and micro-batches in contiguous
-  slices (whole groups whenever the micro-batch size is a multiple of G, as in
-  :func:`nemo_gift.distributed.group_stats.partition_groups`); the objective's loss carries the
-  global normalizer, and is scaled by M*D for backward to undo the schedule's 1/M and DDP's
-  1/D (the contract of :mod:`nemo_gift.distributed.megatron_step`).
+  slices (:func:`nemo_gift.models.policy.step.micro_batches`: whole groups whenever the
+  micro-batch size is a multiple of G); the objective's loss carries the global normalizer, and
+  is scaled by M*D for backward to undo the schedule's 1/M and DDP's 1/D (the contract of
+  :mod:`nemo_gift.models.policy.step`).
 
 Batches come in on any device (the loop builds them on the CPU); each micro-batch is moved to
 the model's device here, and :meth:`logprobs` returns on the batch's device.
@@ -26,8 +26,6 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.rollout import select
-from nemo_gift.distributed.megatron_step import forward_logprobs, run_step
 from nemo_gift.models.policy import checkpoint
 from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
@@ -35,6 +33,7 @@ from nemo_gift.models.policy.optimizer import (
     OptimizerSettings, apply_settings, build_optimizer, build_scheduler, optimizer_step,
 )
 from nemo_gift.models.policy.reference import ReferenceModel
+from nemo_gift.models.policy.step import forward_logprobs, micro_batches, run_step
 
 
 class MegatronPolicy:
@@ -125,16 +124,10 @@ class MegatronPolicy:
         self._check_sequence_length(batch["tokens"])
         if n % (self.dp_size * group_size):
             raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
-        b = math.gcd(self.micro_batch_size, n // self.dp_size)
-        num_micro = n // (self.dp_size * b)
-        # Micro-batch step j holds rows [j*D*b, (j+1)*D*b); DP rank d takes its d-th slice of b.
-        # A group straddles ranks or micro-batches only when b is not a multiple of G; the
-        # objective then carries group statistics computed over the whole mini-batch.
-        step_rows = self.dp_size * b
         micro = [
-            self._on_device(select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b,
-                                                             j * step_rows + (self.dp_rank + 1) * b)))
-            for j in range(num_micro)
+            self._on_device(mb) for mb in micro_batches(
+                batch, dp_rank=self.dp_rank, dp_size=self.dp_size, micro_batch_size=self.micro_batch_size
+            )
         ]
         self.optimizer.zero_grad()
         out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
@@ -170,7 +163,7 @@ class MegatronPolicy:
 
     def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The current weights under Hugging Face names (full tensors, streamed)."""
-        from nemo_gift.export.mapping import export_hf_tensors
+        from nemo_gift.models.policy.hf_weights import export_hf_tensors
 
         return export_hf_tensors(self.module, self.model_cfg)
 
@@ -178,7 +171,7 @@ class MegatronPolicy:
     def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
         """Collectively save weights, optimizer (Adam moments included), LR schedule, RNG and
         ``trainer_state`` (JSON) as ``root/step_{step:06d}``; returns its path."""
-        from nemo_gift.config.convert import to_dict
+        from nemo_gift.utils.convert import to_dict
 
         path = checkpoint.save_checkpoint(
             root, step, self.model, self.optimizer, self.scheduler, trainer_state=dict(trainer_state),

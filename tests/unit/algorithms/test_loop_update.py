@@ -14,7 +14,7 @@ import torch
 
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
 from nemo_gift.algorithms.gift import LoopConfig, LoopParts, update
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 
 G, S, V, D = 4, 5, 6, 8
 

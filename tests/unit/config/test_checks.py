@@ -10,8 +10,8 @@ import typing
 
 import pytest
 
-from nemo_gift.config.checks import check_range
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.checks import check_range
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.config.schema import RunConfig
 from nemo_gift.launcher.main import load
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch.distributed as dist
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 from nemo_gift.config.resume import CHANGES_FILE, config_changes, plan_resume, record_changes, trajectory_changes
 from nemo_gift.config.schema import write_run_config
 from nemo_gift.launcher.main import load

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.launcher import preflight
 from nemo_gift.launcher.main import DEFAULT_CONF_DIR, load
 from nemo_gift.models.policy.meta_build import distinct_stages, stage_parameter_counts

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.config.schema import RunConfig, load_run_config, read_run_config, write_run_config
 from nemo_gift.launcher.main import DEFAULT_CONF_DIR, compose, load, parse_argv
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.launcher.main import load
 from nemo_gift.launcher.process import RunDirBusy
 

@@ -5,7 +5,7 @@ transformers 5 writes RoPE as ``rope_parameters: {rope_type, rope_theta}`` and t
 both; writing emits both, so either version loads the result. Everything outside the covered
 families (and features such as RoPE scaling or sliding windows) is refused with
 :class:`UnsupportedModelError`, naming the architecture or the key. Re-exported by
-:mod:`nemo_gift.export.mapping`.
+:mod:`nemo_gift.models.policy.hf_weights`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 
 PathKind = Literal["file", "dir", "any"]
 

@@ -1,14 +1,14 @@
 """megatron-core ``forward_step``/``loss_func`` for a micro-batch objective, on any TP/PP/DP layout.
 
 An optimizer step sees a mini-batch of N = K * G responses: K groups (prompts) of G. It is
-dealt over D data-parallel ranks and M micro-batches per rank by
-:func:`nemo_gift.distributed.group_stats.partition_groups` (:func:`shard_batch`). On the last
-pipeline stage, the loss function of micro-batch ``j`` of DP rank ``d`` does two things:
+dealt over D data-parallel ranks and M micro-batches per rank in contiguous slices by
+:func:`micro_batches`. On the last pipeline stage, the loss function of micro-batch ``j`` of DP rank ``d`` does two things:
 
 1. it computes ``log pi(labels)`` [b, S] from the vocab-parallel logits
    (:func:`vocab_parallel_logprobs`);
 2. it calls an objective ``objective(logprobs, micro_batch) -> (l_{j,d}, metrics)``
-   (:data:`nemo_gift.algorithms.interfaces.Objective`, e.g. :func:`dp_gift_objective`).
+   (:data:`nemo_gift.algorithms.interfaces.Objective`, e.g.
+   :func:`nemo_gift.algorithms.objectives.gift_objective`).
 
 The objective carries the step's GLOBAL normalizer, so the step's loss is
 ``L = sum_{j,d} l_{j,d}`` whatever D, M, TP and PP are.
@@ -27,69 +27,38 @@ PP: only the last stage has logits, so only it computes log-probs and the loss.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.config import GiftLossConfig
-from nemo_gift.algorithms.objectives import gift_objective
-from nemo_gift.distributed.group_stats import GroupPartition, GroupStatsMode, dp_all_reduce
+from nemo_gift.algorithms.rollout import select
 from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
 
-__all__ = ["shard_batch", "dp_gift_objective", "make_forward_step", "run_step", "forward_logprobs"]
+__all__ = ["micro_batches", "make_forward_step", "run_step", "forward_logprobs"]
 
 MicroBatch = Mapping[str, torch.Tensor]
 
 
-def shard_batch(batch: MicroBatch, partition: GroupPartition, dp_rank: int) -> list[dict[str, torch.Tensor]]:
-    """This DP rank's M micro-batches of ``batch``.
+def micro_batches(batch: MicroBatch, *, dp_rank: int, dp_size: int, micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """This DP rank's M micro-batches of a mini-batch of N rows, in contiguous slices.
 
-    Every field of ``batch`` must be a tensor of leading dim N = K * G, with group k in rows
-    ``[k*G, (k+1)*G)``. Each micro-batch gets the selected rows, and ``group_index`` [b]
-    (global group ids in [0, K)). A ``group_index`` already in ``batch`` must be that layout.
+    ``b = gcd(micro_batch_size, N / D)`` rows each, ``M = N / (D * b)``: micro-batch step ``j``
+    holds rows ``[j*D*b, (j+1)*D*b)`` and DP rank ``d`` takes its ``d``-th slice of ``b``. A
+    group of G contiguous rows straddles ranks or micro-batches only when G does not divide
+    ``b``; the objective then carries group statistics computed over the whole mini-batch.
     """
-    n = partition.group_size * partition.num_groups
-    for key, value in batch.items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
-            raise ValueError(f"batch[{key!r}] must be a tensor of leading dim N={n}, got {getattr(value, 'shape', value)}")
-    contiguous = torch.arange(n) // partition.group_size
-    if "group_index" in batch and not torch.equal(batch["group_index"].cpu(), contiguous):
-        raise ValueError("batch['group_index'] must be arange(N) // G: groups contiguous, in order")
-    micro = []
-    for j in range(partition.num_microbatches):
-        idx = partition.indices(dp_rank, j)
-        mb = {key: value[idx.to(value.device)] for key, value in batch.items()}
-        mb["group_index"] = contiguous[idx]
-        micro.append(mb)
-    return micro
-
-
-def dp_gift_objective(
-    config: GiftLossConfig, *, num_pairs: int, num_groups: int, stats_mode: GroupStatsMode, group=None
-) -> Callable:
-    """:func:`nemo_gift.algorithms.objectives.gift_objective` with the group statistics of
-    ``stats_mode`` (resolved by :func:`resolve_stats_mode`): local, or all-reduced over the DP
-    group (megatron-core's, unless ``group`` is given), differentiably when
-    ``detach_implicit_stats=False``. Micro-batches need ``baseline_logprobs``, ``advantages``
-    (from the whole batch's rewards), ``loss_mask`` and ``group_index``.
-    """
-    if stats_mode not in (GroupStatsMode.LOCAL, GroupStatsMode.ALL_REDUCE):
-        raise ValueError(f"stats_mode must be resolved to local or all_reduce, got {stats_mode!r}")
-    reduce = None
-    if stats_mode is GroupStatsMode.ALL_REDUCE:
-        if config.drop_zero_std_groups:
-            raise ValueError(
-                "drop_zero_std_groups=true needs whole groups per micro-batch (gift_loss finds the "
-                "zero-std groups from the local advantages); use a partition with whole groups"
-            )
-        if group is None:
-            from megatron.core import parallel_state as ps
-
-            group = ps.get_data_parallel_group()
-        reduce = dp_all_reduce(group, differentiable=not config.detach_implicit_stats)
-    return gift_objective(config, num_pairs=num_pairs, num_groups=num_groups, moments_all_reduce=reduce)
+    n = batch["tokens"].shape[0]
+    if n % dp_size:
+        raise ValueError(f"{n} rows do not split over {dp_size} data-parallel ranks")
+    b = math.gcd(micro_batch_size, n // dp_size)
+    step_rows = dp_size * b
+    return [
+        select(dict(batch), torch.arange(j * step_rows + dp_rank * b, j * step_rows + (dp_rank + 1) * b))
+        for j in range(n // step_rows)
+    ]
 
 
 def _model_inputs(mb: MicroBatch):

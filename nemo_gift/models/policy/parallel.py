@@ -33,12 +33,3 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> None:
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
-
-def collective_device(group=None) -> torch.device:
-    """Where a buffer that ``group``'s collectives receive into must live: the current CUDA
-    device on an NCCL group, the CPU on gloo. A receive buffer allocated without a device is
-    on the CPU, which NCCL rejects."""
-    backend = dist.get_backend(group)
-    if "nccl" in str(backend).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import torch
 
-from nemo_gift.export.hf_config import (
+from nemo_gift.models.policy.hf_config import (
     _HF_CLASS,
     SUPPORTED_ARCHITECTURES,
     UnsupportedModelError,

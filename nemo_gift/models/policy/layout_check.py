@@ -79,7 +79,7 @@ def compare_layouts(rank: int, world_size: int, layouts, model_cfg: ModelConfig 
     """
     from megatron.core import parallel_state as ps
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy import sharding
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
 
