@@ -229,6 +229,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
     from megatron.core import parallel_state as ps
 
     from nemo_gift.algorithms.gift import LoopConfig, LoopParts, train
+    from nemo_gift.algorithms.registry import get_algorithm
     from nemo_gift.algorithms.rollout import PromptSampler
     from nemo_gift.models.policy import parallel
     from nemo_gift.algorithms.interfaces import SamplingConfig
@@ -257,9 +258,8 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
     )
     if rank == 0:
         record_changes(run_dir, plan)
-    use_reference = (cfg.trainer.algorithm == "gift" and cfg.gift.implicit_baseline.value == "reference") or (
-        cfg.trainer.algorithm == "grpo" and cfg.grpo.beta_kl > 0
-    )
+    algorithm = get_algorithm(t.algorithm)
+    use_reference = algorithm.needs_reference(getattr(cfg, algorithm.options))
     policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
                             logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
                             offload_reference=cfg.init.offload_reference)

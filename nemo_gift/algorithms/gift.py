@@ -32,19 +32,19 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig, ImplicitBaseline
-from nemo_gift.algorithms.interfaces import PolicyInterface
-from nemo_gift.algorithms.normalization import explicit_advantages, group_moments, implicit_rewards
-from nemo_gift.algorithms.objectives import gift_objective, grpo_objective
+from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.algorithms.interfaces import GenerationBackend, PolicyInterface, SamplingConfig
+from nemo_gift.algorithms.normalization import explicit_advantages
+from nemo_gift.algorithms.registry import MiniBatchStep, get_algorithm
 from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch, select
-from nemo_gift.algorithms.interfaces import GenerationBackend, SamplingConfig
 
 
 @dataclasses.dataclass
 class LoopConfig:
     """What the loop needs of the run config (kept small so that tests can build it)."""
 
-    algorithm: str  # "gift" | "grpo"
+    algorithm: str
+    """A name of :data:`nemo_gift.algorithms.registry.ALGORITHMS` (``gift``, ``grpo``)."""
     max_steps: int
     group_size: int
     mini_batch_prompts: int
@@ -163,20 +163,19 @@ def _first_vs_later(step_metrics: list[dict], keys: Sequence[str]) -> dict[str, 
 
 
 def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], rewards: torch.Tensor) -> dict:
-    """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch."""
+    """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch.
+
+    What the algorithm needs (log-probs, objective) comes from its registry entry
+    (:mod:`nemo_gift.algorithms.registry`)."""
     G, metrics = cfg.group_size, {}
     n = rewards.shape[0]
-    norm = cfg.gift if cfg.algorithm == "gift" else cfg.grpo  # each algorithm's own eps and std estimator
-    adv, zero_std = explicit_advantages(rewards, G, eps=norm.eps, unbiased=norm.unbiased_std)
+    algorithm = get_algorithm(cfg.algorithm)
+    options = getattr(cfg, algorithm.options)  # each algorithm's own eps and std estimator
+    adv, zero_std = explicit_advantages(rewards, G, eps=options.eps, unbiased=options.unbiased_std)  # [N], [B]
     batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)
     with _timer(metrics, "time/logprobs"):
-        if cfg.algorithm == "gift":
-            reference = cfg.gift.implicit_baseline is ImplicitBaseline.REFERENCE
-            batch["baseline_logprobs"] = parts.policy.logprobs(batch, reference=reference)
-        else:
-            batch["old_logprobs"] = parts.policy.logprobs(batch)
-            if cfg.grpo.beta_kl > 0:
-                batch["reference_logprobs"] = parts.policy.logprobs(batch, reference=True)
+        for key, reference in algorithm.logprobs(options).items():
+            batch[key] = parts.policy.logprobs(batch, reference=reference)  # [N, S]
     step_metrics = []
     rows_per_mini = cfg.mini_batch_prompts * G
     with _timer(metrics, "time/update"):
@@ -185,26 +184,13 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
             mini = select(batch, idx)
             mini["group_index"] = mini["group_index"] - start // G
             k = cfg.mini_batch_prompts
-            if cfg.algorithm == "gift":
-                zero = zero_std[start // G : start // G + k]
-                pairs = rows_per_mini - G * int(zero.sum()) if cfg.gift.drop_zero_std_groups else rows_per_mini
-                if pairs == 0:
-                    continue  # every group constant and dropped: nothing to learn from
-                moments = None
-                if cfg.micro_batch_size % G:
-                    # Micro-batches split groups: take the (detached) group statistics of s from a
-                    # forward-only pass at this step's weights, which every micro-batch shares.
-                    s_now = implicit_rewards(
-                        parts.policy.logprobs(mini), mini["baseline_logprobs"], mini["loss_mask"],
-                        cfg.gift.implicit_reward, cfg.gift.length_exponent,
-                    )
-                    moments = group_moments(s_now, mini["group_index"], k)
-                objective = gift_objective(cfg.gift, num_pairs=pairs, num_groups=k, implicit_moments=moments)
-            else:
-                mask = mini["loss_mask"]
-                objective = grpo_objective(
-                    cfg.grpo, num_tokens=int(mask.sum()), num_sequences=rows_per_mini, num_groups=k
-                )
+            step = MiniBatchStep(
+                batch=mini, num_groups=k, group_size=G, zero_std=zero_std[start // G : start // G + k],
+                micro_batch_size=cfg.micro_batch_size, policy=parts.policy,
+            )
+            objective = algorithm.objective(options, step)
+            if objective is None:
+                continue  # nothing to learn from (e.g. every group constant and dropped)
             step_metrics.append(parts.policy.train_step(mini, objective, group_size=G))
     metrics.update({f"train/{k}": v for k, v in _mean_metrics(step_metrics).items()} if step_metrics else {})
     metrics.update(_first_vs_later(step_metrics, ("z_a_corr", "degenerate_implicit_std_frac")))

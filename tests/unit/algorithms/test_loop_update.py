@@ -112,3 +112,54 @@ def test_grpo_logs_no_gift_metrics():
                      torch.tensor([1.0, 0, 0, 1] * 4))
     assert metrics["train/optimizer_steps"] == 2
     assert not [k for k in metrics if k.endswith("_mb")]
+
+
+@pytest.mark.parametrize(
+    "algorithm, options, reference",
+    [
+        ("gift", GiftLossConfig(), False),  # pi_old, the default
+        ("gift", GiftLossConfig(implicit_baseline="reference"), True),  # the paper's pi_ref
+        ("grpo", GrpoLossConfig(beta_kl=0.001), True),  # the KL term reads pi_ref
+        ("grpo", GrpoLossConfig(beta_kl=0.0), False),
+    ],
+)
+def test_the_registry_says_which_log_probs_and_whether_the_reference_is_kept(algorithm, options, reference):
+    from nemo_gift.algorithms.registry import get_algorithm
+
+    entry = get_algorithm(algorithm)
+    assert entry.needs_reference(options) is reference
+    keys = {"gift": {"baseline_logprobs"}, "grpo": {"old_logprobs"} | ({"reference_logprobs"} if reference else set())}
+    assert set(entry.logprobs(options)) == keys[algorithm]
+    with pytest.raises(ValueError, match=r"'ppo' is not one of \['gift', 'grpo'\]"):
+        get_algorithm("ppo")
+
+
+def test_a_new_loss_is_a_function_and_a_registry_entry(monkeypatch):
+    """docs/architecture.md "Adding a loss": a sequence-level policy gradient registered under a
+    new name (reading the grpo options) trains through the unchanged loop and config."""
+    from nemo_gift.algorithms import registry
+    from nemo_gift.config.sections import TrainerConfig
+
+    def seq_pg_loss(logprobs, mask, advantages, num_sequences):  # -(1/n) sum_i A_i sum_t log pi
+        return -(advantages * (logprobs * mask).sum(-1)).sum() / num_sequences
+
+    def objective(options, step):
+        def fn(logprobs, mb):
+            loss = seq_pg_loss(logprobs, mb["loss_mask"], mb["advantages"], step.num_groups * step.group_size)
+            return loss, {"old_mean": mb["old_logprobs"].mean().detach()}
+        return fn
+
+    entry = registry.Algorithm(options="grpo", logprobs=lambda options: {"old_logprobs": False}, objective=objective)
+    monkeypatch.setitem(registry.ALGORITHMS, "seq_pg", entry)
+    assert TrainerConfig(algorithm="seq_pg").algorithm == "seq_pg"  # the config reads the registry
+    policy = LinearPolicy(8)
+    batch = _batch(8)
+    before = policy.logprobs(batch)  # [8, S] at the weights of the one optimizer step
+    grpo = GrpoLossConfig(eps=0.5, unbiased_std=False)
+    metrics = update(_parts(policy), _cfg("seq_pg", 2, grpo=grpo), batch, REWARDS)
+    adv = torch.tensor(_hand_advantages(0.5, False), dtype=torch.float64)
+    expected = -(adv * (before * batch["loss_mask"]).sum(-1)).sum() / 8
+    assert metrics["train/optimizer_steps"] == 1
+    assert metrics["train/loss"] == pytest.approx(float(expected), rel=1e-6)  # A is float32
+    assert metrics["train/old_mean"] == pytest.approx(float(before.mean()), rel=1e-12)
+    torch.testing.assert_close(policy.seen[0]["old_logprobs"], before)
