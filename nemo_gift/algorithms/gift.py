@@ -125,11 +125,11 @@ def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, samplin
     responses = out.responses()
     logprobs = [row[: len(r)].tolist() for row, r in zip(out.logprobs, responses)]
     texts = [parts.decode(r) for r in responses]
-    rewards, reasons = parts.score([mine[int(i)] for i in out.prompt_index], texts)
+    rewards, reasons = parts.score([mine[int(i)] for i in out.prompt_index], texts)  # [B/D*n]
     local = list(zip(responses, logprobs, rewards.tolist(), reasons))
     gathered = _gather(parts, local)
     responses, logprobs, rewards, reasons = (list(x) for x in zip(*gathered))
-    return prompt_ids, responses, logprobs, torch.tensor(rewards, dtype=torch.float32), reasons
+    return prompt_ids, responses, logprobs, torch.tensor(rewards, dtype=torch.float32), reasons  # rewards [B*n]
 
 
 def evaluate(parts: LoopParts, cfg: LoopConfig) -> dict[str, float]:
@@ -172,7 +172,7 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
     algorithm = get_algorithm(cfg.algorithm)
     options = getattr(cfg, algorithm.options)  # each algorithm's own eps and std estimator
     adv, zero_std = explicit_advantages(rewards, G, eps=options.eps, unbiased=options.unbiased_std)  # [N], [B]
-    batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)
+    batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)  # [N], [N]
     with _timer(metrics, "time/logprobs"):
         for key, reference in algorithm.logprobs(options).items():
             batch[key] = parts.policy.logprobs(batch, reference=reference)  # [N, S]
@@ -180,8 +180,8 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
     rows_per_mini = cfg.mini_batch_prompts * G
     with _timer(metrics, "time/update"):
         for start in range(0, n, rows_per_mini):
-            idx = torch.arange(start, start + rows_per_mini)
-            mini = select(batch, idx)
+            idx = torch.arange(start, start + rows_per_mini)  # [k*G]
+            mini = select(batch, idx)  # every field [k*G, ...]
             mini["group_index"] = mini["group_index"] - start // G
             k = cfg.mini_batch_prompts
             step = MiniBatchStep(
@@ -212,6 +212,7 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
     parts.engine.sleep()  # its memory goes to training until the refit below wakes it
     n = len(responses)
     index = [i // cfg.group_size for i in range(n)]
+    # tokens, labels, loss_mask [N, S] (S padded to pad_multiple), rollout log-probs [N, S]
     batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs, cfg.pad_multiple)
     metrics["train/reward"] = float(rewards.mean())
     metrics["train/accuracy"] = sum(r == "correct" for r in reasons) / n

@@ -108,7 +108,9 @@ def test_imports_only_flow_down_the_layers():
 def import_circles(modules: dict[str, Path], root: Path = ROOT) -> list[list[str]]:
     """The groups of two or more modules that import each other in a loop (Tarjan's strongly
     connected components over every import, function-level ones included)."""
-    graph = {n: sorted({t for _, t in imports_of(p, modules, root) if t in modules and t != n}) for n, p in modules.items()}
+    graph = {
+        n: sorted({t for _, t in imports_of(p, modules, root) if t in modules and t != n}) for n, p in modules.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -2,7 +2,8 @@
 
 An optimizer step sees a mini-batch of N = K * G responses: K groups (prompts) of G. It is
 dealt over D data-parallel ranks and M micro-batches per rank in contiguous slices by
-:func:`micro_batches`. On the last pipeline stage, the loss function of micro-batch ``j`` of DP rank ``d`` does two things:
+:func:`micro_batches`. On the last pipeline stage, the loss function of micro-batch ``j`` of DP
+rank ``d`` does two things:
 
 1. it computes ``log pi(labels)`` [b, S] from the vocab-parallel logits
    (:func:`vocab_parallel_logprobs`);
@@ -42,7 +43,9 @@ __all__ = ["micro_batches", "make_forward_step", "run_step", "forward_logprobs"]
 MicroBatch = Mapping[str, torch.Tensor]
 
 
-def micro_batches(batch: MicroBatch, *, dp_rank: int, dp_size: int, micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
+def micro_batches(
+    batch: MicroBatch, *, dp_rank: int, dp_size: int, micro_batch_size: int
+) -> list[dict[str, torch.Tensor]]:
     """This DP rank's M micro-batches of a mini-batch of N rows, in contiguous slices.
 
     ``b = gcd(micro_batch_size, N / D)`` rows each, ``M = N / (D * b)``: micro-batch step ``j``
