@@ -88,7 +88,8 @@ def test_no_intact_checkpoint_is_refused_not_started_over(saved, tmp_path):
     shutil.copytree(root, run / "checkpoints")
     shutil.rmtree(run / "checkpoints" / "step_000001")
     victim = _flip_a_byte(run / "checkpoints" / "step_000002")
-    cfg = load("gift_tiny", [f"run_dir={run}"])
+    # the saved layout's optimizer kind and embedding rows, so that only the corruption is in the way
+    cfg = load("gift_tiny", [f"run_dir={run}", "parallel.use_distributed_optimizer=true", "model.vocab_size=64"])
     plan = plan_resume(cfg)  # sizes only: the launcher's check passes this one
     assert plan.checkpoint == run / "checkpoints" / "step_000002"
     with pytest.raises(ConfigError, match="no usable checkpoint") as err:
