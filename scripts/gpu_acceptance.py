@@ -266,22 +266,27 @@ def policy_cpu_batches_resume(state: dict) -> str:
             f"step 2 loss {straight!r} straight, {resumed!r} resumed")
 
 
+def _launch(run_dir: str, overrides: list[str], timeout: float) -> list[dict]:
+    """``launcher/run.py conf=gift_tiny run_dir=RUN_DIR OVERRIDES`` (no progress bar, TensorBoard or
+    plots); its metrics.jsonl records. A failure prints the run's output tail on stderr."""
+    cmd = [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", f"run_dir={run_dir}", *overrides,
+           "logging.progress_bar=false", "logging.tensorboard=false", "logging.plots=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
+        raise AssertionError(f"{overrides[-1]}: exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
+    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
 @check("gift_tiny_cuda", "3 steps of gift_tiny on CUDA through the launcher: NCCL, bf16, the torch rollout engine "
        "(TE's spec where installed), warm start, evaluation, checkpoint; then a resume to step 4")
 def gift_tiny_cuda(state: dict) -> str:
     run_dir = tempfile.mkdtemp(prefix="gpu_acceptance_torch_")
-    base = [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", f"run_dir={run_dir}",
-            "trainer.eval_every=1", "data.eval_size=16", "sft.steps=20", "sft.cache_dir=null",
-            "parallel.params_dtype=bfloat16", f"parallel.transformer_impl={_impl()}", "cluster.backend=nccl",
-            "cluster.gpus_per_node=1", "checkpoint.every=3", "logging.progress_bar=false",
-            "logging.tensorboard=false", "logging.plots=false"]
+    overrides = ["trainer.eval_every=1", "data.eval_size=16", "sft.steps=20", "sft.cache_dir=null",
+                 "parallel.params_dtype=bfloat16", f"parallel.transformer_impl={_impl()}", "cluster.backend=nccl",
+                 "cluster.gpus_per_node=1", "checkpoint.every=3"]
     for steps in (3, 4):
-        proc = subprocess.run([*base, f"trainer.max_steps={steps}"], cwd=REPO, capture_output=True, text=True,
-                              timeout=240)
-        if proc.returncode != 0:
-            print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
-            raise AssertionError(f"max_steps={steps}: exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
-    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+        records = _launch(run_dir, [*overrides, f"trainer.max_steps={steps}"], timeout=240)
     steps = [r["step"] for r in records]
     if steps != [0, 1, 2, 3, 4]:
         raise AssertionError(f"logged steps {steps}")
@@ -294,17 +299,11 @@ def gift_tiny_cuda(state: dict) -> str:
 def gift_tiny_trtllm_te(state: dict) -> str:
     if "engine" in state:  # the trainer's engine gets the GPU to itself
         state.pop("engine").shutdown()
-    run_dir = tempfile.mkdtemp(prefix="gpu_acceptance_run_")
-    cmd = [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", f"run_dir={run_dir}",
-           "rollout.engine=trtllm", "trainer.max_steps=2", "trainer.eval_every=1", "data.eval_size=16",
-           "sft.steps=20", "sft.cache_dir=null", "parallel.params_dtype=bfloat16",
-           "parallel.transformer_impl=transformer_engine", "cluster.backend=nccl", "cluster.gpus_per_node=1",
-           "model.hidden_size=256", "model.ffn_hidden_size=512", "rollout.trtllm_gpu_memory_fraction=0.2",
-           "logging.progress_bar=false", "logging.tensorboard=false", "logging.plots=false"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
-    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    records = _launch(tempfile.mkdtemp(prefix="gpu_acceptance_run_"), [
+        "rollout.engine=trtllm", "trainer.eval_every=1", "data.eval_size=16", "sft.steps=20", "sft.cache_dir=null",
+        "parallel.params_dtype=bfloat16", "parallel.transformer_impl=transformer_engine", "cluster.backend=nccl",
+        "cluster.gpus_per_node=1", "model.hidden_size=256", "model.ffn_hidden_size=512",
+        "rollout.trtllm_gpu_memory_fraction=0.2", "trainer.max_steps=2"], timeout=300)
     steps = [r["step"] for r in records]
     if steps != [0, 1, 2]:
         raise AssertionError(f"logged steps {steps}")
