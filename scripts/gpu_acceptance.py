@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -204,8 +205,25 @@ def fp8_step(state: dict) -> str:
     return f"loss {loss.item():.4f}, largest weight change {moved:.2e}"
 
 
-@check("policy_cpu_batches_resume", "MegatronPolicy on CUDA (TE, bf16, distributed optimizer) takes the loop's CPU "
-       "batches, returns CPU log-probs, and a save -> fresh policy -> load resumes the next step bit for bit")
+def _impl() -> str:
+    """The layer spec a check uses: TE's where it is installed, else the local one."""
+    from nemo_gift.models.policy import te_spec
+
+    return "transformer_engine" if te_spec.transformer_engine_available() else "local"
+
+
+def _process_group() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from nemo_gift.distributed.spawn import free_port
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        dist.init_process_group("nccl", rank=0, world_size=1)
+
+
+@check("policy_cpu_batches_resume", "MegatronPolicy on CUDA (bf16, distributed optimizer; TE's spec where installed) "
+       "takes the loop's CPU batches, returns CPU log-probs, and save -> fresh policy -> load resumes the next step")
 def policy_cpu_batches_resume(state: dict) -> str:
     import torch
 
@@ -215,9 +233,8 @@ def policy_cpu_batches_resume(state: dict) -> str:
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings
 
-    _te_and_local()  # the process group
-    layout = ParallelConfig(transformer_impl="transformer_engine", params_dtype="bfloat16",
-                            use_distributed_optimizer=True)
+    _process_group()
+    layout = ParallelConfig(transformer_impl=_impl(), params_dtype="bfloat16", use_distributed_optimizer=True)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, 500, (4, 64), generator=g)
     batch = {"tokens": tokens, "labels": torch.roll(tokens, -1, 1), "loss_mask": torch.ones(4, 64, dtype=torch.bool)}
@@ -245,7 +262,36 @@ def policy_cpu_batches_resume(state: dict) -> str:
     rel = abs(resumed - straight) / abs(straight)
     if rel > 1e-6:  # bit for bit on CPU (tests/unit/checkpoint/test_reshard.py)
         raise AssertionError(f"resumed loss {resumed!r} vs straight {straight!r} (rel {rel:.1e})")
-    return f"log-probs on cpu, mean {lp.mean().item():.4f}; step 2 loss {straight!r} straight, {resumed!r} resumed"
+    return (f"{layout.transformer_impl} spec; log-probs on cpu, mean {lp.mean().item():.4f}; "
+            f"step 2 loss {straight!r} straight, {resumed!r} resumed")
+
+
+def _launch(run_dir: str, overrides: list[str], timeout: float) -> list[dict]:
+    """``launcher/run.py conf=gift_tiny run_dir=RUN_DIR OVERRIDES`` (no progress bar, TensorBoard or
+    plots); its metrics.jsonl records. A failure prints the run's output tail on stderr."""
+    cmd = [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", f"run_dir={run_dir}", *overrides,
+           "logging.progress_bar=false", "logging.tensorboard=false", "logging.plots=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
+        raise AssertionError(f"{overrides[-1]}: exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
+    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+@check("gift_tiny_cuda", "3 steps of gift_tiny on CUDA through the launcher: NCCL, bf16, the torch rollout engine "
+       "(TE's spec where installed), warm start, evaluation, checkpoint; then a resume to step 4")
+def gift_tiny_cuda(state: dict) -> str:
+    run_dir = tempfile.mkdtemp(prefix="gpu_acceptance_torch_")
+    overrides = ["trainer.eval_every=1", "data.eval_size=16", "sft.steps=20", "sft.cache_dir=null",
+                 "parallel.params_dtype=bfloat16", f"parallel.transformer_impl={_impl()}", "cluster.backend=nccl",
+                 "cluster.gpus_per_node=1", "checkpoint.every=3"]
+    for steps in (3, 4):
+        records = _launch(run_dir, [*overrides, f"trainer.max_steps={steps}"], timeout=240)
+    steps = [r["step"] for r in records]
+    if steps != [0, 1, 2, 3, 4]:
+        raise AssertionError(f"logged steps {steps}")
+    return (f"{_impl()} spec; steps {steps}, eval/pass@1 {[round(r.get('eval/pass@1', -1), 3) for r in records]}, "
+            f"train/reward {[round(r.get('train/reward', -1), 3) for r in records[1:]]}")
 
 
 @check("gift_tiny_trtllm_te", "2 steps of gift_tiny with rollout.engine=trtllm and TE in bf16, through the launcher "
@@ -253,17 +299,11 @@ def policy_cpu_batches_resume(state: dict) -> str:
 def gift_tiny_trtllm_te(state: dict) -> str:
     if "engine" in state:  # the trainer's engine gets the GPU to itself
         state.pop("engine").shutdown()
-    run_dir = tempfile.mkdtemp(prefix="gpu_acceptance_run_")
-    cmd = [sys.executable, str(REPO / "launcher" / "run.py"), "conf=gift_tiny", f"run_dir={run_dir}",
-           "rollout.engine=trtllm", "trainer.max_steps=2", "trainer.eval_every=1", "data.eval_size=16",
-           "sft.steps=20", "sft.cache_dir=null", "parallel.params_dtype=bfloat16",
-           "parallel.transformer_impl=transformer_engine", "cluster.backend=nccl", "cluster.gpus_per_node=1",
-           "model.hidden_size=256", "model.ffn_hidden_size=512", "rollout.trtllm_gpu_memory_fraction=0.2",
-           "logging.progress_bar=false", "logging.tensorboard=false", "logging.plots=false"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
-    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    records = _launch(tempfile.mkdtemp(prefix="gpu_acceptance_run_"), [
+        "rollout.engine=trtllm", "trainer.eval_every=1", "data.eval_size=16", "sft.steps=20", "sft.cache_dir=null",
+        "parallel.params_dtype=bfloat16", "parallel.transformer_impl=transformer_engine", "cluster.backend=nccl",
+        "cluster.gpus_per_node=1", "model.hidden_size=256", "model.ffn_hidden_size=512",
+        "rollout.trtllm_gpu_memory_fraction=0.2", "trainer.max_steps=2"], timeout=300)
     steps = [r["step"] for r in records]
     if steps != [0, 1, 2]:
         raise AssertionError(f"logged steps {steps}")
@@ -302,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             status, detail = "PASS", fn(state)
         except Exception as err:  # noqa: BLE001 - one line per check, then go on
             status, detail, failed = "FAIL", f"{type(err).__name__}: {err}".replace("\n", " ")[:400], True
+            traceback.print_exc()  # the whole story on stderr, below the one line on stdout
         print(f"{status} {name}: {detail} ({time.perf_counter() - start:.1f}s)", flush=True)
     if "engine" in state:
         state["engine"].shutdown()

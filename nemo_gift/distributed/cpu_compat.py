@@ -5,7 +5,12 @@ runner) the project still runs the real megatron-core: this module patches exact
 places, and nothing else.
 
 Rules:
-- :func:`apply` is a no-op where ``torch.cuda.is_available()``: GPUs run megatron-core untouched.
+- The CPU patches apply only where ``torch.cuda.is_available()`` is False: GPUs run those
+  places of megatron-core untouched. The three patches of megatron-core's torch-Adam path
+  (below) fix bugs of that path, not of the CPU: they apply wherever megatron-core falls back
+  to torch's Adam because neither Transformer Engine nor Apex is installed, on a GPU too (seen
+  on an H200 without TE: a resume failed ``assert len(steps) == 1``). The GPU images install TE,
+  whose FusedAdam does not take that path.
 - Each patch is a :class:`Patch` with a one-line reason and a list of the megatron-core
   versions it was measured to be needed on. ``tests/unit/distributed/test_cpu_compat.py``
   runs the scenario that needs each patch with that patch switched off, and expects the
@@ -34,7 +39,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode"]
+__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode", "torch_adam_mode"]
 
 SKIP_ENV = "NEMO_GIFT_CPU_COMPAT_SKIP"
 
@@ -51,6 +56,8 @@ class Patch:
     """The megatron-core versions on which the need was measured."""
     fn: Callable[[], None]
     """Applies the patch; idempotent."""
+    applies: Callable[[], bool] = lambda: cpu_mode()
+    """Whether this process needs it: :func:`cpu_mode` (the default), or :func:`torch_adam_mode`."""
 
 
 _APPLIED: list[str] = []
@@ -59,6 +66,15 @@ _APPLIED: list[str] = []
 def cpu_mode() -> bool:
     """True where the patches apply: this torch has no usable CUDA device."""
     return not torch.cuda.is_available()
+
+
+def torch_adam_mode() -> bool:
+    """True where megatron-core's optimizer is torch's Adam: neither Transformer Engine's nor
+    Apex's FusedAdam imports, and ``megatron/core/optimizer/__init__.py`` falls back (with its
+    "Falling back to Torch optimizers" warning) to ``torch.optim.AdamW``."""
+    from megatron.core import optimizer
+
+    return getattr(optimizer, "Adam", None).__module__.startswith("torch.")
 
 
 def applied() -> list[str]:
@@ -346,12 +362,13 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "distributed_optimizer_fresh_load",
-        "without Apex/TE (CPU) DistributedOptimizer wraps torch's Adam, whose per-param 'step' "
+        "without Apex/TE (on CPU, or on a GPU without them) DistributedOptimizer wraps torch's Adam, whose per-param 'step' "
         "exists only after a first step; sharded_state_dict(is_loading=True) of a fresh optimizer "
         "then fails 'assert len(steps) == 1' in state_dict(). Allocate the state as Adam's first "
         "step would (step 0, zero moments) before loading",
         "0.16.1, 0.19.2",
         lambda: _wrap_distributed_optimizer("sharded_state_dict", _fresh_state_on_load),
+        lambda: torch_adam_mode(),
     ),
     Patch(
         "distributed_optimizer_step_state",
@@ -360,6 +377,7 @@ PATCHES: tuple[Patch, ...] = (
         "destination, so it raises KeyError: 'step'; pass the restored step through unchanged",
         "0.16.1, 0.19.2",
         lambda: _wrap_distributed_optimizer("_set_main_param_and_optimizer_states", _keep_restored_step),
+        lambda: torch_adam_mode(),
     ),
     Patch(
         "distributed_optimizer_shared_step",
@@ -368,18 +386,18 @@ PATCHES: tuple[Patch, ...] = (
         "bias correction runs ahead after a resume. Give each parameter its own copy",
         "0.16.1, 0.19.2",
         lambda: _wrap_distributed_optimizer("load_state_dict", _unshare_steps),
+        lambda: torch_adam_mode(),
     ),
 )
 
 
 def apply() -> list[str]:
-    """Apply every patch not skipped by ``NEMO_GIFT_CPU_COMPAT_SKIP``; a no-op with CUDA.
+    """Apply every patch this process needs (``Patch.applies``) and ``NEMO_GIFT_CPU_COMPAT_SKIP``
+    does not skip: all of them on CPU; with CUDA only the torch-Adam ones, and only without TE/Apex.
 
     Call it in every process before megatron-core builds a model (the project's entry
     points and the test harness do). Idempotent. Returns the names applied so far.
     """
-    if not cpu_mode():
-        return []
     skip = {s.strip() for s in os.environ.get(SKIP_ENV, "").split(",") if s.strip()}
     unknown = skip - {p.name for p in PATCHES}
     if unknown:
@@ -387,7 +405,7 @@ def apply() -> list[str]:
             f"{SKIP_ENV} names unknown patches {sorted(unknown)}; known: {[p.name for p in PATCHES]}"
         )
     for patch in PATCHES:
-        if patch.name in skip or patch.name in _APPLIED:
+        if patch.name in skip or patch.name in _APPLIED or not patch.applies():
             continue
         patch.fn()
         _APPLIED.append(patch.name)

@@ -294,7 +294,9 @@ def _sampled_logprob(entry: Any, token: int) -> float:
 def convert_outputs(request_outputs: Sequence[Any], num_prompts: int, n: int, stop_token_ids: Sequence[int],
                     pad_token_id: int) -> GenerationOutput:
     """TRT-LLM ``RequestOutput`` objects, in submission order (``num_prompts * copies``
-    requests, ``n / copies`` outputs each, prompt-major), to a :class:`GenerationOutput`."""
+    requests, ``n / copies`` outputs each, prompt-major), to a :class:`GenerationOutput`.
+    A finish reason is ``stop`` when the response ends in a stop token, else ``length``, as the
+    torch engine reports it."""
     rows = [o for req in request_outputs for o in req.outputs]
     if len(rows) != num_prompts * n:
         raise ValueError(f"TRT-LLM returned {len(rows)} responses, expected {num_prompts} prompts x {n}")
@@ -313,7 +315,9 @@ def convert_outputs(request_outputs: Sequence[Any], num_prompts: int, n: int, st
             raise ValueError(f"TRT-LLM response {r}: {len(out.logprobs or [])} log-probs for {len(ids)} tokens")
         tokens.append(ids)
         logprobs.append([_sampled_logprob(e, t) for e, t in zip(out.logprobs, ids)])
-        reasons.append(out.finish_reason)
+        # One rule with the torch engine: a response that ends in a stop token stopped, also when
+        # that token was the max_new_tokens-th (TRT-LLM then reports "length").
+        reasons.append("stop" if ids[-1] in stops else "length")
     width = max(len(t) for t in tokens)
     tok = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     lp = torch.zeros(len(rows), width, dtype=torch.float32)

@@ -62,7 +62,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
         fp16=dtype is torch.float16,
         use_cpu_initialization=on_cpu,
         # The fused kernels are CUDA kernels; their unfused forms are exact equivalents.
-        masked_softmax_fusion=not on_cpu,
+        masked_softmax_fusion=not on_cpu and _apex_softmax_available(),
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
@@ -80,6 +80,16 @@ def _recompute_kwargs(parallel: ParallelConfig) -> dict:
     return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
 
 
+def _apex_softmax_available() -> bool:
+    """Whether Apex's fused softmax kernels are importable. The local spec's attention
+    (megatron-core's ``FusedScaleMaskSoftmax``) imports ``scaled_masked_softmax_cuda`` for
+    fp16/bf16 inputs when ``masked_softmax_fusion`` is on; without Apex that import fails at the
+    first forward on a GPU (seen on an H200 with megatron-core 0.19.2). TE's spec does not use it."""
+    import importlib.util
+
+    return importlib.util.find_spec("scaled_masked_softmax_cuda") is not None
+
+
 class RMSNorm(torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` built with megatron-core's norm signature, for the local spec.
 
@@ -93,7 +103,10 @@ class RMSNorm(torch.nn.RMSNorm):
     """
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_unused):
-        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)  # as TE's norms
+        # where megatron-core's own layers put their weights (they read the same flag: the
+        # default device, or the current GPU), in params_dtype, as TE's norms
+        device = None if config.use_cpu_initialization else torch.cuda.current_device()
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype, device=device)
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 

@@ -339,6 +339,52 @@ def check_resumable(path: Path, meta: dict[str, Any], layout: Mapping[str, Any],
         )
 
 
+_GROUP_KIND = ("wd_mult", "lr_mult", "start_wd", "end_wd", "optimizer", "is_expert_parallel", "is_decoupled_lr")
+"""The param-group fields that say which group a saved one is (megatron-core's identifier keys
+without the LR overrides); ``pre_``-prefixed aliases count, as in megatron-core."""
+
+
+def _group_kind(group: dict) -> tuple:
+    return tuple(group.get(k, group.get(f"pre_{k}")) for k in _GROUP_KIND)
+
+
+def _inner_groups(optimizer) -> list[dict]:
+    return [g for inner in getattr(optimizer, "chained_optimizers", [optimizer]) for g in inner.optimizer.param_groups]
+
+
+def _load_optimizer_state(optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, with the saved groups' ``max_lr``/``min_lr`` restored.
+
+    megatron-core 0.19 (``MegatronOptimizer._filter_and_reorder_param_groups``) matches saved
+    param groups to the current ones by a key that includes ``max_lr`` and ``min_lr``, so a resume
+    with another learning rate (``checkpoint.resume_config_change=allow``) raised "Could not find
+    parameter group"; 0.16 matches by position. The saved groups are matched under the current
+    overrides, then given their saved ones back: the load restores the checkpoint as it was, on
+    both lines, and :func:`nemo_gift.models.policy.optimizer.apply_settings` decides what governs."""
+    overrides = ("max_lr", "min_lr")
+    current = {}
+    for group in _inner_groups(optimizer):
+        current.setdefault(_group_kind(group), {k: group[k] for k in overrides if k in group})
+    restored: dict[tuple, dict] = {}
+
+    def visit(node) -> None:
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in children:
+            if key == "param_groups" and isinstance(value, list):
+                for group in value:
+                    kind = _group_kind(group) if isinstance(group, dict) else None
+                    if kind in current:
+                        restored.setdefault(kind, {k: group[k] for k in overrides if k in group})
+                        group.update(current[kind])
+            elif isinstance(value, (dict, list)):
+                visit(value)
+
+    visit(saved)
+    optimizer.load_state_dict(saved)
+    for group in _inner_groups(optimizer):
+        group.update(restored.get(_group_kind(group), {}))
+
+
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Load a checkpoint into this rank, at any (TP, PP, DP) layout; returns its metadata.
 
@@ -358,7 +404,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     )
     module.load_state_dict(state["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer_state(optimizer, state["optimizer"])
     if scheduler is not None:
         if meta.get("scheduler") is None:
             raise ValueError(f"{path} holds no LR-scheduler state (saved without a scheduler)")

@@ -195,3 +195,29 @@ def test_unknown_skip_name_is_refused(monkeypatch):
     monkeypatch.setenv(cpu_compat.SKIP_ENV, "no_such_patch")
     with pytest.raises(ValueError, match="no_such_patch"):
         cpu_compat.apply()
+
+
+def test_with_cuda_only_the_torch_adam_patches_apply_and_only_without_te(monkeypatch):
+    """The three patches of megatron-core's torch-Adam path fix bugs of that path, not of the CPU:
+    on an H200 without Transformer Engine a resume failed 'assert len(steps) == 1' until they
+    applied there too (scripts/gpu_acceptance.py, policy_cpu_batches_resume)."""
+    import dataclasses
+
+    calls = []
+    monkeypatch.setattr(cpu_compat, "PATCHES", tuple(
+        dataclasses.replace(p, fn=lambda name=p.name: calls.append(name)) for p in cpu_compat.PATCHES))
+    monkeypatch.setattr(cpu_compat, "_APPLIED", [])
+    monkeypatch.setattr(cpu_compat, "cpu_mode", lambda: False)
+    monkeypatch.setattr(cpu_compat, "torch_adam_mode", lambda: False)  # TE or Apex present
+    assert cpu_compat.apply() == [] and calls == []
+    monkeypatch.setattr(cpu_compat, "torch_adam_mode", lambda: True)  # a GPU without TE/Apex
+    torch_adam = ["distributed_optimizer_fresh_load", "distributed_optimizer_step_state",
+                  "distributed_optimizer_shared_step"]
+    assert cpu_compat.apply() == torch_adam and calls == torch_adam
+
+
+def test_torch_adam_mode_reads_megatron_cores_choice():
+    from megatron.core import optimizer
+
+    assert cpu_compat.torch_adam_mode() == optimizer.Adam.__module__.startswith("torch.")
+    assert cpu_compat.torch_adam_mode()  # this machine has neither TE nor Apex

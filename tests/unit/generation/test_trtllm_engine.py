@@ -179,6 +179,14 @@ def test_convert_outputs_follows_the_padding_contract():
     assert torch.allclose(out.logprobs[2, :1], torch.tensor(lc))  # sampled token's, not the top-1's
 
 
+def test_a_stop_token_at_max_new_tokens_is_a_stop_as_in_the_torch_engine():
+    """TRT-LLM reports "length" when the stop token is also the max_new_tokens-th token; the
+    torch engine says "stop" (torch_engine.generate), and so does the conversion."""
+    (a, _), (b, _) = _completion([11, 2], "length"), _completion([11, 12], "length")
+    out = te.convert_outputs([types.SimpleNamespace(outputs=[a, b])], 1, 2, stop_token_ids=(2,), pad_token_id=0)
+    assert out.finish_reasons == ["stop", "length"] and out.lengths.tolist() == [2, 2]
+
+
 def test_a_sampled_token_missing_from_the_logprob_dict_is_nan_not_an_error():
     """Issue 15, defect 6: the PyTorch backend's dict holds the top-k tokens only."""
     ids = [7, 8]
