@@ -207,9 +207,9 @@ def fp8_step(state: dict) -> str:
 
 def _impl() -> str:
     """The layer spec a check uses: TE's where it is installed, else the local one."""
-    from nemo_gift.models.policy import te_spec
+    from nemo_gift.models.policy import te_extra
 
-    return "transformer_engine" if te_spec.transformer_engine_available() else "local"
+    return "transformer_engine" if te_extra.transformer_engine_available() else "local"
 
 
 def _process_group() -> None:
