@@ -85,22 +85,21 @@ class ResumePlan:
 def resume_checkpoint(cfg) -> Path | None:
     """The checkpoint a start of ``cfg`` resumes from: per ``checkpoint.resume``, the latest
     complete one in RUN_DIR/checkpoints (``auto``), none (``never``), or the given directory."""
-    from nemo_gift.models.policy.checkpoint import latest_checkpoint
-
     if cfg.checkpoint.resume == "never":
         return None
     if cfg.checkpoint.resume == "auto":
-        root = Path(cfg.run_dir) / "checkpoints"
-        return _refuse_all_corrupt(root, latest_checkpoint(root), checksums=False)
+        return _newest_usable(Path(cfg.run_dir) / "checkpoints", checksums=False)
     return Path(cfg.checkpoint.resume)
 
 
-def _refuse_all_corrupt(root: Path, found: Path | None, *, checksums: bool) -> Path | None:
-    """``found``, unless it is None while ``root`` holds finished saves that went bad: starting
-    over would overwrite them, so that is refused, naming the bad file."""
-    from nemo_gift.models.policy.checkpoint import corrupt_checkpoints
+def _newest_usable(root: Path, *, checksums: bool) -> Path | None:
+    """The newest usable checkpoint under ``root`` (``checkpoint.scan_checkpoints``), or None for a
+    fresh start; but when ``root`` holds only finished saves that went bad, starting over would
+    overwrite them, so that is refused, naming the bad file."""
+    from nemo_gift.models.policy.checkpoint import scan_checkpoints
 
-    if found is None and (bad := corrupt_checkpoints(root, checksums=checksums)):
+    found, bad = scan_checkpoints(root, checksums=checksums)
+    if found is None and bad:
         path, problem = bad[0]
         raise ConfigError(
             f"checkpoint.resume: {root} holds no usable checkpoint, and starting over would overwrite "
@@ -204,8 +203,7 @@ def verified_plan(cfg, plan: ResumePlan) -> ResumePlan:
     if cfg.checkpoint.resume != "auto":
         checkpoint.verify_checkpoint(plan.checkpoint)
         return plan
-    root = Path(cfg.run_dir) / "checkpoints"
-    path = _refuse_all_corrupt(root, checkpoint.resumable_checkpoint(root), checksums=True)
+    path = _newest_usable(Path(cfg.run_dir) / "checkpoints", checksums=True)
     return plan if path == plan.checkpoint else plan_for(cfg, path)
 
 

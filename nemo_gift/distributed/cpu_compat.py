@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode", "torch_adam_mode"]
+__all__ = ["Patch", "PATCHES", "apply", "applied", "cpu_mode", "replace_module_torch", "torch_adam_mode", "wrap_once"]
 
 SKIP_ENV = "NEMO_GIFT_CPU_COMPAT_SKIP"
 
@@ -147,12 +147,27 @@ def _patch_rng():
     torch.cuda.manual_seed = torch.manual_seed
 
 
-def _patch_hardcoded_cuda():
-    proxy = _CpuTorch()
-    for name in _HARDCODED_CUDA_MODULES:
+def replace_module_torch(module_names, proxy) -> None:
+    """Give each named module ``proxy`` as its ``torch`` (only where it still holds the real one)."""
+    for name in module_names:
         module = importlib.import_module(name)
         if module.__dict__.get("torch") is torch:
             module.torch = proxy
+
+
+def wrap_once(owner, name: str, make_replacement) -> None:
+    """Set ``owner.<name>`` to ``make_replacement(original)``, once: the replacement is marked, and
+    a second call finds the mark and keeps it."""
+    original = getattr(owner, name)
+    if getattr(original, "_nemo_gift_cpu", False):
+        return
+    replacement = make_replacement(original)
+    replacement._nemo_gift_cpu = True
+    setattr(owner, name, replacement)
+
+
+def _patch_hardcoded_cuda():
+    replace_module_torch(_HARDCODED_CUDA_MODULES, _CpuTorch())
     # Tensor.cuda() (optimizer state restore) and .pin_memory() (offload paths): identity on CPU.
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
@@ -240,12 +255,7 @@ def _wrap_distributed_optimizer(name: str, wrap) -> None:
     """Replace ``DistributedOptimizer.<name>`` with ``wrap(original)``, once (idempotent)."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    original = getattr(DistributedOptimizer, name)
-    if getattr(original, "_nemo_gift_cpu", False):
-        return
-    wrapper = wrap(original)
-    wrapper._nemo_gift_cpu = True
-    setattr(DistributedOptimizer, name, wrapper)
+    wrap_once(DistributedOptimizer, name, wrap)
 
 
 def _cuda_typed_init(init):

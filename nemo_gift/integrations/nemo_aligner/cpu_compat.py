@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from nemo_gift.distributed.cpu_compat import Patch, _CpuTorch, cpu_mode
+from nemo_gift.distributed.cpu_compat import Patch, _CpuTorch, cpu_mode, replace_module_torch, wrap_once
 
 __all__ = ["PATCHES", "STACK", "SKIP_ENV", "apply", "applied"]
 
@@ -60,17 +60,6 @@ def _listify_model(model):
     return model if isinstance(model, list) else [model]
 
 
-def _wrap(owner, name: str, make_replacement) -> None:
-    """Set ``owner.<name>`` to ``make_replacement(original)``, once: the replacement is marked, and
-    a second call finds the mark and keeps it."""
-    original = getattr(owner, name)
-    if getattr(original, "_nemo_gift_cpu", False):
-        return
-    replacement = make_replacement(original)
-    replacement._nemo_gift_cpu = True
-    setattr(owner, name, replacement)
-
-
 def _patch_apex_strategy():
     nlp_overrides = importlib.import_module("nemo.collections.nlp.parts.nlp_overrides")
     if not nlp_overrides.HAVE_APEX:
@@ -91,7 +80,7 @@ def _patch_nvidia_version():
 
         return enable_nvidia_optimizations
 
-    _wrap(base.MegatronBaseModel, "_enable_nvidia_optimizations", make)
+    wrap_once(base.MegatronBaseModel, "_enable_nvidia_optimizations", make)
 
 
 def _patch_lazy_layer_spec():
@@ -108,7 +97,7 @@ def _patch_lazy_layer_spec():
 
         return get_specs
 
-    _wrap(gpt, "get_specs", make)
+    wrap_once(gpt, "get_specs", make)
 
 
 def _patch_tp_attribute_defaults():
@@ -134,7 +123,7 @@ def _patch_cp_stream():
 
         return setup_transformer_engine_cp_groups
 
-    _wrap(base.MegatronBaseModel, "setup_transformer_engine_cp_groups", make)
+    wrap_once(base.MegatronBaseModel, "setup_transformer_engine_cp_groups", make)
 
 
 def _patch_apex_param_groups():
@@ -190,11 +179,7 @@ _LEGACY_CUDA_MODULES = (
 
 
 def _patch_legacy_cuda_tensors():
-    proxy = _CpuTorchLegacyCuda()
-    for name in _LEGACY_CUDA_MODULES:
-        module = importlib.import_module(name)
-        if module.__dict__.get("torch") is torch:
-            module.torch = proxy
+    replace_module_torch(_LEGACY_CUDA_MODULES, _CpuTorchLegacyCuda())
 
 
 def _patch_model_parallel_seed():
@@ -208,7 +193,7 @@ def _patch_model_parallel_seed():
 
         return set_random_seed
 
-    _wrap(init, "_set_random_seed", make)
+    wrap_once(init, "_set_random_seed", make)
 
 
 def _patch_gloo_allgather_scalar():
@@ -222,7 +207,7 @@ def _patch_gloo_allgather_scalar():
 
         return all_gather_into_tensor
 
-    _wrap(dist, "all_gather_into_tensor", make)
+    wrap_once(dist, "all_gather_into_tensor", make)
 
 
 def _patch_apex_grad_norm():

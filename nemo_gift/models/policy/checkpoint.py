@@ -101,9 +101,11 @@ def _problem(path: Path, *, checksums: bool) -> str | None:
     return checkpoint_files.find_bad_file(path, meta["files"], checksums=checksums)
 
 
-def _scan(root: str | os.PathLike, *, checksums: bool) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """(the newest usable checkpoint under ``root`` or None, the newer finished saves that went bad
-    with why). An unfinished save (no ``metadata.json``) is neither."""
+def scan_checkpoints(root: str | os.PathLike, *, checksums: bool) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest usable checkpoint under ``root`` or None, the newer finished saves that went bad,
+    newest first, each with the reason that names its bad file). An unfinished save (no
+    ``metadata.json``) is neither. When a usable one is found, each skipped one is logged (rank 0).
+    ``checksums`` also checks every file's CRC-32 (collective when a process group exists)."""
     root = Path(root)
     if not root.is_dir():
         return None, []
@@ -112,38 +114,26 @@ def _scan(root: str | os.PathLike, *, checksums: bool) -> tuple[Path | None, lis
     for _, path in candidates:
         problem = _problem(path, checksums=checksums)
         if problem is None:
+            if _rank() == 0:
+                for skipped, why in bad:
+                    logger.warning("checkpoint %s is corrupt and is skipped: %s", skipped, why)
             return path, bad
         if (path / "metadata.json").is_file():  # a finished save that went bad
             bad.append((path, problem))
     return None, bad
 
 
-def _newest_usable(root: str | os.PathLike, *, checksums: bool) -> Path | None:
-    path, bad = _scan(root, checksums=checksums)
-    if path is not None and _rank() == 0:
-        for skipped, problem in bad:
-            logger.warning("checkpoint %s is corrupt and is skipped: %s", skipped, problem)
-    return path
-
-
-def corrupt_checkpoints(root: str | os.PathLike, *, checksums: bool = False) -> list[tuple[Path, str]]:
-    """The finished saves under ``root`` newer than its newest usable checkpoint that are not
-    usable, newest first, each with the reason that names its bad file (collective with
-    ``checksums`` when a process group exists). A resume refuses to start over past them."""
-    return _scan(root, checksums=checksums)[1]
-
-
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The checkpoint with the highest step under ``root`` whose files are all present at their
     recorded sizes, or None. Reads no file contents and needs no process group."""
-    return _newest_usable(root, checksums=False)
+    return scan_checkpoints(root, checksums=False)[0]
 
 
 def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
     """Like :func:`latest_checkpoint`, also checking every file's CRC-32: a corrupt newest
     checkpoint is skipped for the previous one, with a warning that names the bad file.
     Collective when a process group exists (call it on every rank)."""
-    return _newest_usable(root, checksums=True)
+    return scan_checkpoints(root, checksums=True)[0]
 
 
 def verify_checkpoint(path: str | os.PathLike) -> None:
