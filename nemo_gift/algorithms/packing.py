@@ -9,9 +9,11 @@ ranks, a budget ``T`` (``trainer.max_tokens_per_micro_batch``) and the layout's 
 and the padding fraction of a set of micro-batches is ``1 - sum_r L_r / sum_B tokens(B)``.
 
 :func:`token_budget_bins` sorts the rows by length, longest first, and cuts the sorted order into
-consecutive runs: a run opens with its longest row (which fixes ``S_B``) and takes the next rows
-while ``|B| * S_B <= T``. Consecutive runs of the sorted order put rows of like length together,
-so each micro-batch is padded only to its own longest row, not the batch's.
+consecutive runs, each within the budget: a run opens with its longest row (which fixes ``S_B``)
+and holds at most ``T // S_B`` rows. It takes the fewest runs possible (the greedy count: each run
+takes all the rows it may) and, among the cuts into that many runs, the one of fewest tokens
+(dynamic programming over the cut points). Consecutive runs of the sorted order put rows of like
+length together, so each micro-batch is padded only to its own longest row, not the batch's.
 
 Worked example, ``T = 64``, ``m = 8``, lengths ``[10, 30, 12, 3, 31]``: sorted rows 4 (31), 1 (30),
 2 (12), 0 (10), 3 (3); the first run has ``S = 32`` and takes 2 rows (64 tokens), the second has
@@ -53,22 +55,62 @@ def token_budget_bins(lengths: Sequence[int], max_tokens: int, pad_multiple: int
     """Row indices of each micro-batch (ascending within one), longest micro-batches first.
 
     See the module docstring: runs of the rows sorted by length (longest first, ties by index),
-    each of at most ``max_tokens // S_B`` rows. A row longer than the budget alone is refused."""
+    as few as the budget allows and, among those, the fewest tokens. A row longer than the budget
+    alone is refused."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens_per_micro_batch must be >= 1, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda r: (-int(lengths[r]), r))
-    bins, i = [], 0
-    while i < len(order):
-        width = padded_length(int(lengths[order[i]]), pad_multiple)
-        rows = max_tokens // width
+    widths = [padded_length(int(lengths[r]), pad_multiple) for r in order]
+    capacity = [max_tokens // w for w in widths]  # rows a run opened at this position may take
+    for position, rows in enumerate(capacity):
         if rows == 0:
+            r = order[position]
             raise ValueError(
-                f"row {order[i]} has {lengths[order[i]]} tokens (padded to {width}), more than "
-                f"trainer.max_tokens_per_micro_batch={max_tokens}: raise the budget to at least {width}"
+                f"row {r} has {lengths[r]} tokens (padded to {widths[position]}), more than "
+                f"trainer.max_tokens_per_micro_batch={max_tokens}: raise the budget to at least {widths[position]}"
             )
-        bins.append(sorted(order[i:i + rows]))
-        i += rows
-    return bins
+    starts = _fewest_tokens_runs(widths, capacity, _fewest_runs(capacity))
+    return [sorted(order[i:j]) for i, j in zip(starts, starts[1:] + [len(order)])]
+
+
+def _fewest_runs(capacity: list[int]) -> int:
+    """The fewest consecutive runs covering the sorted rows: each run takes all it may (greedy is
+    optimal because a run opened later never holds more rows than one opened earlier)."""
+    count, i = 0, 0
+    while i < len(capacity):
+        i, count = i + capacity[i], count + 1
+    return count
+
+
+def _fewest_tokens_runs(widths: list[int], capacity: list[int], runs: int) -> list[int]:
+    """Start positions of ``runs`` consecutive runs of minimum total ``sum |B| * S_B``.
+
+    Dynamic programming over the sorted rows: ``cost[m][i]`` = fewest tokens covering the first
+    ``i`` rows with ``m`` runs, ``cost[m][i] = min_j cost[m-1][j] + (i - j) * widths[j]`` over the
+    run openings ``j`` with ``0 < i - j <= capacity[j]`` (one [n+1, n+1] tensor per run)."""
+    n = len(widths)
+    if n == 0:
+        return []
+    big = torch.iinfo(torch.int64).max // 4
+    j = torch.arange(n + 1).unsqueeze(1)  # [n+1, 1] run opening
+    i = torch.arange(n + 1).unsqueeze(0)  # [1, n+1] rows covered after the run
+    width = torch.tensor(widths + [0]).unsqueeze(1)  # [n+1, 1]
+    cap = torch.tensor(capacity + [0]).unsqueeze(1)  # [n+1, 1]
+    feasible = (i > j) & (i - j <= cap)  # [n+1, n+1]
+    step = torch.where(feasible, (i - j) * width, torch.full_like(feasible, big, dtype=torch.int64))
+    cost = torch.full((n + 1,), big, dtype=torch.int64)
+    cost[0] = 0
+    choice = []
+    for _ in range(runs):
+        total = cost.unsqueeze(1) + step  # [n+1 opening, n+1 covered]
+        cost, best = total.min(dim=0)  # first minimum: the earliest opening on ties
+        cost = cost.clamp(max=big)
+        choice.append(best)
+    starts, end = [], n
+    for best in reversed(choice):
+        end = int(best[end])
+        starts.append(end)
+    return starts[::-1]
 
 
 def plan_micro_batches(

@@ -109,7 +109,7 @@ class MegatronPolicy:
         rows = self._dp_rows(tokens.shape[0])
         plan = None
         if self.max_tokens:
-            micro, plan = self._packed({"tokens": tokens, "labels": labels, "loss_mask": batch["loss_mask"]})
+            micro, plan, _ = self._packed({"tokens": tokens, "labels": labels, "loss_mask": batch["loss_mask"]})
         else:
             mine_t, mine_l = tokens[rows], labels[rows]
             b = math.gcd(self.micro_batch_size, mine_t.shape[0])
@@ -142,42 +142,33 @@ class MegatronPolicy:
         if n % (self.dp_size * group_size):
             raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
         if self.max_tokens:
-            micro, _ = self._packed(batch)
+            micro, _, padding = self._packed(batch)
         else:
             micro = [
                 self._on_device(mb) for mb in micro_batches(
                     batch, dp_rank=self.dp_rank, dp_size=self.dp_size, micro_batch_size=self.micro_batch_size
                 )
             ]
+            lengths = sequence_lengths(batch["loss_mask"])  # every row padded to the batch's S
+            padding = padding_fraction(lengths, [range(len(lengths))], width=batch["tokens"].shape[1])
         self.optimizer.zero_grad()
         out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
         step = optimizer_step(self.optimizer, self.scheduler)
         result = {"grad_norm": step.grad_norm, "lr": step.lr, "update_ok": float(step.updated)}
         result.update(self._reduce_metrics(out.get("metrics")))
         result["loss"] = out["loss"]
-        result["padding_frac"] = self._padding_fraction(batch)
+        result["padding_frac"] = padding
         return result
 
-    def _plan(self, loss_mask: torch.Tensor) -> tuple[list[int], list[list[list[int]]]]:
-        """(row lengths, every rank's token-budget micro-batches as row indices)."""
-        lengths = sequence_lengths(loss_mask)
-        return lengths, plan_micro_batches(lengths, dp_size=self.dp_size, max_tokens=self.max_tokens,
-                                           pad_multiple=self.parallel.sequence_pad_multiple)
-
-    def _packed(self, batch: Mapping[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], list[list[int]]]:
-        """This rank's token-budget micro-batches (on the device) and their row indices."""
-        mine = self._plan(batch["loss_mask"])[1][self.dp_rank]
-        micro = packed_micro_batches(batch, mine, self.parallel.sequence_pad_multiple)
-        return [self._on_device(mb) for mb in micro], mine
-
-    def _padding_fraction(self, batch: Mapping[str, torch.Tensor]) -> float:
-        """Padded / all tokens of the step's micro-batches over every DP rank (the fixed layout
-        pads every row to the batch's S)."""
-        if not self.max_tokens:
-            lengths = sequence_lengths(batch["loss_mask"])
-            return padding_fraction(lengths, [range(len(lengths))], width=batch["tokens"].shape[1])
-        lengths, plan = self._plan(batch["loss_mask"])
-        return padding_fraction(lengths, [rows for rank in plan for rows in rank], self.parallel.sequence_pad_multiple)
+    def _packed(self, batch: Mapping[str, torch.Tensor]) -> tuple[list[dict], list[list[int]], float]:
+        """This rank's token-budget micro-batches (on the device), their row indices, and the
+        padding fraction of every rank's micro-batches (the plan is the same on every rank)."""
+        pad = self.parallel.sequence_pad_multiple
+        lengths = sequence_lengths(batch["loss_mask"])
+        plan = plan_micro_batches(lengths, dp_size=self.dp_size, max_tokens=self.max_tokens, pad_multiple=pad)
+        micro = packed_micro_batches(batch, plan[self.dp_rank], pad)
+        frac = padding_fraction(lengths, [rows for rank in plan for rows in rank], pad)
+        return [self._on_device(mb) for mb in micro], plan[self.dp_rank], frac
 
     def _reduce_metrics(self, outputs: list[dict] | None) -> dict[str, float]:
         """The objective's metrics averaged over micro-batches and DP ranks, on every rank: sent

@@ -24,12 +24,37 @@ def test_worked_example_of_the_module_docstring():
 def test_plan_packs_each_rank_on_its_own_contiguous_rows():
     lengths = [10, 30, 12, 3, 31, 5]  # rank 0: rows 0-2, rank 1: rows 3-5
     plan = plan_micro_batches(lengths, dp_size=2, max_tokens=64, pad_multiple=8)
-    # rank 0: 30 (S=32) + 12 -> 2 rows of 32; then 10 (S=16). rank 1: 31 + 5 (S=32); then 3 (S=8).
-    assert plan == [[[1, 2], [0]], [[4, 5], [3]]]
+    # rank 0: 30, 12, 10 need 2 runs (64 // 32 = 2 rows at S=32): [30, 12] [10] = 64 + 16 tokens, or
+    # [30] [12, 10] = 32 + 32, the fewest. rank 1: 31, 5, 3: [31, 5] [3] = 72, [31] [5, 3] = 32 + 16.
+    assert plan == [[[1], [0, 2]], [[4], [3, 5]]]
     # ranks may differ in micro-batch count: rank 0 all short (12 of 64), rank 1 2 + 1 rows of 30
     assert [len(r) for r in plan_micro_batches([4, 4, 4, 30, 30, 30], dp_size=2, max_tokens=64)] == [1, 2]
     with pytest.raises(ValueError, match="do not split over 4"):
         plan_micro_batches(lengths, dp_size=4, max_tokens=64)
+
+
+def _brute_force(lengths, budget, multiple):
+    """(fewest runs, fewest tokens with that many) over every cut of the sorted order: 2^(n-1) cuts."""
+    widths = sorted((-(-x // multiple) * multiple for x in lengths), reverse=True)
+    n, best = len(widths), None
+    for mask in range(2 ** (n - 1)):
+        starts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1]
+        runs = [(a, b) for a, b in zip(starts, starts[1:] + [n])]
+        if all((b - a) * widths[a] <= budget for a, b in runs):
+            key = (len(runs), sum((b - a) * widths[a] for a, b in runs))
+            best = key if best is None else min(best, key)
+    return best
+
+
+def test_fewest_micro_batches_then_fewest_tokens_against_brute_force():
+    rng = random.Random(7)
+    for _ in range(40):
+        n = rng.randint(1, 10)
+        lengths = [rng.randint(1, 60) for _ in range(n)]
+        budget, multiple = rng.choice([(64, 1), (96, 8), (128, 4), (200, 16)])
+        bins = token_budget_bins(lengths, budget, multiple)
+        tokens = sum(len(b) * (-(-max(lengths[r] for r in b) // multiple) * multiple) for b in bins)
+        assert (len(bins), tokens) == _brute_force(lengths, budget, multiple), (lengths, budget, multiple)
 
 
 def test_every_row_once_and_every_micro_batch_within_budget():
