@@ -262,7 +262,8 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
     use_reference = algorithm.needs_reference(getattr(cfg, algorithm.options))
     policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
                             logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
-                            offload_reference=cfg.init.offload_reference)
+                            offload_reference=cfg.init.offload_reference,
+                            max_tokens_per_micro_batch=t.max_tokens_per_micro_batch)
     if cfg.init.hf_checkpoint:
         from nemo_gift.export.hf_import import import_hf
 
@@ -307,7 +308,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
         eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
                                      stop_token_ids=stop),
         gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
-        pad_multiple=cfg.parallel.sequence_pad_multiple,
+        pad_multiple=cfg.parallel.sequence_pad_multiple, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(

@@ -62,6 +62,8 @@ class LoopConfig:
     """Saved in every checkpoint's trainer state beside the loop's own (the resolved run config)."""
     pad_multiple: int = 1
     """Token batches are padded to a multiple of this (the layout's ``sequence_pad_multiple``)."""
+    max_tokens_per_micro_batch: Optional[int] = None
+    """``trainer.max_tokens_per_micro_batch``: micro-batches packed by length under this budget."""
 
 
 @dataclasses.dataclass
@@ -187,6 +189,7 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
             step = MiniBatchStep(
                 batch=mini, num_groups=k, group_size=G, zero_std=zero_std[start // G : start // G + k],
                 micro_batch_size=cfg.micro_batch_size, policy=parts.policy,
+                max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
             )
             objective = algorithm.objective(options, step)
             if objective is None:

@@ -45,6 +45,9 @@ class MiniBatchStep:
     not divide it."""
     policy: PolicyInterface
     """For forward-only passes at this step's weights."""
+    max_tokens_per_micro_batch: Optional[int] = None
+    """The token budget of :mod:`nemo_gift.algorithms.packing` when set: rows are packed by length,
+    so micro-batches split groups whatever ``micro_batch_size`` is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +78,7 @@ def _gift_objective(options: GiftLossConfig, step: MiniBatchStep) -> Optional[Ob
     if rows == dropped:
         return None  # every group constant and dropped: nothing to learn from
     moments = None
-    if step.micro_batch_size % step.group_size:
+    if step.micro_batch_size % step.group_size or step.max_tokens_per_micro_batch:
         # Micro-batches split groups: take the (detached) group statistics of s from a
         # forward-only pass at this step's weights, which every micro-batch shares.
         b = step.batch

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.algorithms.rollout import padded_length
 from nemo_gift.config.cluster import ClusterConfig
 from nemo_gift.config.sections import (
     MAX_SEED,
@@ -109,6 +110,26 @@ def _check_task(cfg: RunConfig) -> None:
         cfg.init.check_vocab(vocab)
 
 
+def _check_token_budget(cfg: RunConfig) -> None:
+    """``trainer.max_tokens_per_micro_batch`` holds the longest possible row, and splits groups
+    (rows are packed by length), so GIFT's group statistics must be the detached mini-batch ones."""
+    budget = cfg.trainer.max_tokens_per_micro_batch
+    if budget is None:
+        return
+    longest = padded_length(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, cfg.parallel.sequence_pad_multiple)
+    if budget < longest:
+        raise ConfigError(
+            f"trainer.max_tokens_per_micro_batch={budget} cannot hold one row of up to {longest} tokens "
+            f"(data.max_prompt_length + rollout.max_new_tokens, padded to parallel.sequence_pad_multiple)"
+        )
+    if cfg.trainer.algorithm == "gift" and not cfg.gift.detach_implicit_stats:
+        raise ConfigError(
+            "gift.detach_implicit_stats=false needs whole groups in each micro-batch, and "
+            f"trainer.max_tokens_per_micro_batch={budget} packs rows by length (groups split); "
+            "unset the budget or keep the detached statistics"
+        )
+
+
 def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
     """Cross-field checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
 
@@ -158,6 +179,7 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"gift.detach_implicit_stats=false needs whole groups in each micro-batch: "
             f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of rollout.group_size={G}"
         )
+    _check_token_budget(cfg)
     if cfg.rollout.engine == "torch" and pp > 1:
         raise ConfigError(
             f"rollout.engine=torch generates on the policy's own model and needs "

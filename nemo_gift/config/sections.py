@@ -303,10 +303,14 @@ class TrainerConfig:
     """Evaluate held-out pass@1 every k rollout steps (and at step 0 and the end); 0 disables."""
     logprob_chunk_size: int | None = None
     """Sequence chunk of the vocab-parallel log-prob reduction (bounds its memory)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget (rows x padded length) of a micro-batch: each data-parallel rank's rows are
+    sorted by length into micro-batches padded to their own longest row
+    (:mod:`nemo_gift.algorithms.packing`); None keeps ``micro_batch_size`` rows padded to the batch's."""
 
     def __post_init__(self):
         for key in ("max_steps", "epochs", "prompts_per_step", "mini_batch_prompts", "micro_batch_size",
-                    "logprob_chunk_size"):
+                    "logprob_chunk_size", "max_tokens_per_micro_batch"):
             check_range(f"trainer.{key}", getattr(self, key), low=1)
         check_range("trainer.eval_every", self.eval_every, low=0)
         check_choice("trainer.algorithm", self.algorithm, ALGORITHMS)

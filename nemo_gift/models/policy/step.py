@@ -20,7 +20,9 @@ the D ranks. ``loss_func`` therefore returns ``l_{j,d} * M * D`` for backward, s
 reduced ``main_grad`` is exactly dL/dtheta. It reports the unscaled ``l_{j,d}`` as the
 ``loss`` metric. ``calculate_per_token_loss=True`` (gradients summed over DP, no division by M)
 is refused rather than silently mis-scaled. :func:`run_step` sums the reported values over
-the micro-batches and DP ranks.
+the micro-batches and DP ranks. M is each rank's own count ``M_d`` (the schedule divides by the
+``num_microbatches`` it is given), so ranks may differ in M, as token-budget micro-batches do
+(:func:`packed_micro_batches`): ``(1/D) sum_d (1/M_d) sum_j M_d D dl_{j,d} = dL``.
 
 PP: only the last stage has logits, so only it computes log-probs and the loss.
 :func:`broadcast_from_last_stage` gives the results to the other stages (``docs/parallelism.md``).
@@ -34,11 +36,16 @@ from typing import Callable, Mapping, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from nemo_gift.algorithms.rollout import select
+from nemo_gift.algorithms.packing import sequence_lengths
+from nemo_gift.algorithms.rollout import padded_length, select
 from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
 
-__all__ = ["micro_batches", "make_forward_step", "run_step", "forward_logprobs"]
+__all__ = [
+    "micro_batches", "packed_micro_batches", "unpack_rows", "allow_variable_shapes", "make_forward_step", "run_step",
+    "forward_logprobs",
+]
 
 MicroBatch = Mapping[str, torch.Tensor]
 
@@ -62,6 +69,42 @@ def micro_batches(
         select(dict(batch), torch.arange(j * step_rows + dp_rank * b, j * step_rows + (dp_rank + 1) * b))
         for j in range(n // step_rows)
     ]
+
+
+def packed_micro_batches(
+    batch: MicroBatch, rows: list[list[int]], pad_multiple: int = 1
+) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of a token-budget plan (:func:`nemo_gift.algorithms.packing.plan_micro_batches`):
+    micro-batch ``j`` holds the rows ``rows[j]``, and every [N, S] field is cut to that micro-batch's
+    own ``S_j = padded_length(longest row, pad_multiple)`` (its longest row's true length from
+    ``loss_mask``). The columns cut are padding: with causal attention they change no log-prob."""
+    width = batch["tokens"].shape[1]
+    out = []
+    for index in rows:
+        mb = select(dict(batch), torch.tensor(index, dtype=torch.long))
+        s = min(width, padded_length(max(sequence_lengths(mb["loss_mask"])), pad_multiple))
+        out.append({k: v[:, :s] if v.dim() >= 2 and v.shape[1] == width else v for k, v in mb.items()})
+    return out
+
+
+def unpack_rows(packed: torch.Tensor, rows: list[list[int]], first_row: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`packed_micro_batches` on a result: ``packed`` [sum_j b_j, max_j S_j] (micro-batch
+    order) -> [n, S] in row order (row ``r`` at ``r - first_row``), zero beyond each micro-batch's
+    ``S_j`` (positions no loss reads)."""
+    out = packed.new_zeros(shape)  # [n, S]
+    index = torch.tensor([r - first_row for mb in rows for r in mb], dtype=torch.long, device=packed.device)
+    out[index, : packed.shape[1]] = packed
+    return out
+
+
+def allow_variable_shapes(*modules) -> None:
+    """Let megatron-core's pipeline schedules send activations of a different [S, b, h] per
+    micro-batch: with ``variable_seq_lengths`` each p2p transfer first exchanges its shape
+    (``P2PCommunicator._communicate_shapes`` in ``pipeline_parallel/p2p_communication.py``, 0.16,
+    and the channel-based communicator of later versions); otherwise the receiving stage allocates
+    the ``seq_length`` x ``micro_batch_size`` shape given to the schedule. Needed with PP > 1 only."""
+    for module in modules:
+        module.config.variable_seq_lengths = True
 
 
 def _model_inputs(mb: MicroBatch):
@@ -161,7 +204,7 @@ def run_step(
 
 
 def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None) -> torch.Tensor:
-    """log pi(labels) [M*b, S] of this DP rank's micro-batches, on every TP and PP rank.
+    """log pi(labels) [sum_j b_j, max_j S_j] of this DP rank's micro-batches, on every TP and PP rank.
 
     Forward only, with ``inference_only`` log-probs (nothing kept for backward): the reference
     or rollout policy's log-probs. The last stage computes them, and
@@ -187,5 +230,9 @@ def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_si
             forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
             num_microbatches=len(micro_batches), seq_length=s, micro_batch_size=b, forward_only=True,
         )
-    local = torch.cat([o["logprobs"] for o in outputs]) if ps.is_pipeline_last_stage() else None
-    return broadcast_from_last_stage(local, (len(micro_batches) * b, s), torch.float32)
+    rows = sum(mb["tokens"].shape[0] for mb in micro_batches)
+    width = max(mb["tokens"].shape[1] for mb in micro_batches)  # token-budget micro-batches differ in S
+    local = None
+    if ps.is_pipeline_last_stage():
+        local = torch.cat([F.pad(o["logprobs"], (0, width - o["logprobs"].shape[1])) for o in outputs])
+    return broadcast_from_last_stage(local, (rows, width), torch.float32)

@@ -163,3 +163,30 @@ def test_a_new_loss_is_a_function_and_a_registry_entry(monkeypatch):
     assert metrics["train/loss"] == pytest.approx(float(expected), rel=1e-6)  # A is float32
     assert metrics["train/old_mean"] == pytest.approx(float(before.mean()), rel=1e-12)
     torch.testing.assert_close(policy.seen[0]["old_logprobs"], before)
+
+
+class RowByRowPolicy(LinearPolicy):
+    """Sums the objective over one-row micro-batches, as a token budget may deal them (every group split)."""
+
+    def train_step(self, batch, objective, *, group_size):
+        n = batch["labels"].shape[0]
+        parts = [objective(self._logprobs(mb), mb) for mb in ({k: v[i:i + 1] for k, v in batch.items()} for i in range(n))]
+        loss = sum(p[0] for p in parts)
+        (grad,) = torch.autograd.grad(loss, self.w)
+        with torch.no_grad():
+            self.w -= self.lr * grad
+        return {"loss": float(loss.detach())}
+
+
+def test_a_token_budget_gives_gift_the_mini_batch_group_statistics():
+    """With ``max_tokens_per_micro_batch`` the micro-batches split groups, so the GIFT objective
+    carries the mini-batch's (detached) group moments: one-row micro-batches then give the whole
+    mini-batch's loss and step."""
+    n = 2 * 2 * G
+    rewards = torch.tensor([1.0, 0, 0, 1] * (n // G))
+    runs = {}
+    for name, policy, budget in (("whole", LinearPolicy(n), None), ("rows", RowByRowPolicy(n), 4096)):
+        metrics = update(_parts(policy), _cfg("gift", 2, max_tokens_per_micro_batch=budget), _batch(n), rewards)
+        runs[name] = (metrics["train/loss"], policy.w.detach().clone())
+    assert runs["rows"][0] == pytest.approx(runs["whole"][0], rel=1e-12)
+    torch.testing.assert_close(runs["rows"][1], runs["whole"][1], rtol=1e-12, atol=1e-12)

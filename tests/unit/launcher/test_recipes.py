@@ -94,6 +94,9 @@ INVALID = [
     (["+trainer.lrr=0.1"], "trainer.lrr"),
     (["trainer.max_steps=ten"], "trainer.max_steps"),
     (["model.arch=gpt2"], "model.arch"),
+    (["trainer.max_tokens_per_micro_batch=0"], "trainer.max_tokens_per_micro_batch=0"),
+    (["trainer.max_tokens_per_micro_batch=8"], "trainer.max_tokens_per_micro_batch=8 cannot hold one row"),
+    (["trainer.max_tokens_per_micro_batch=4096", "gift.detach_implicit_stats=false"], "detach_implicit_stats=false"),
 ]
 
 
@@ -102,6 +105,11 @@ def test_invalid_config_is_refused_naming_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as err:
         _tiny(overrides)
     assert fragment in str(err.value), str(err.value)
+
+
+def test_a_token_budget_that_holds_the_longest_row_validates():
+    cfg = _tiny(["trainer.max_tokens_per_micro_batch=4096"])
+    assert cfg.trainer.max_tokens_per_micro_batch == 4096 and _tiny([]).trainer.max_tokens_per_micro_batch is None
 
 
 def test_there_are_at_least_15_invalid_cases():
