@@ -259,7 +259,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
     if rank == 0:
         record_changes(run_dir, plan)
     algorithm = get_algorithm(t.algorithm)
-    use_reference = algorithm.needs_reference(getattr(cfg, algorithm.options))
+    use_reference = algorithm.needs_reference(cfg.loss_options())
     policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
                             logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
                             offload_reference=cfg.init.offload_reference,
@@ -307,7 +307,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
                                 top_k=r.top_k, stop_token_ids=stop),
         eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
                                      stop_token_ids=stop),
-        gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
+        algorithm_options=cfg.algorithm_options, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
         pad_multiple=cfg.parallel.sequence_pad_multiple, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)

@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
 from nemo_gift.algorithms.interfaces import GenerationBackend, PolicyInterface, SamplingConfig
 from nemo_gift.algorithms.normalization import explicit_advantages
 from nemo_gift.algorithms.registry import MiniBatchStep, get_algorithm
@@ -54,8 +53,9 @@ class LoopConfig:
     keep_last: int
     sampling: SamplingConfig
     eval_sampling: SamplingConfig
-    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
-    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    algorithm_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Options by registry name (``{"gift": GiftLossConfig(...)}``); an algorithm absent here
+    runs with its options dataclass's defaults."""
     seed: int = 1234
     checkpoint_dir: Optional[str] = None
     trainer_state: dict = dataclasses.field(default_factory=dict)
@@ -172,7 +172,7 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
     G, metrics = cfg.group_size, {}
     n = rewards.shape[0]
     algorithm = get_algorithm(cfg.algorithm)
-    options = getattr(cfg, algorithm.options)  # each algorithm's own eps and std estimator
+    options = cfg.algorithm_options.get(cfg.algorithm) or algorithm.options()  # its own eps and std estimator
     adv, zero_std = explicit_advantages(rewards, G, eps=options.eps, unbiased=options.unbiased_std)  # [N], [B]
     batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)  # [N], [N]
     with _timer(metrics, "time/logprobs"):

@@ -67,6 +67,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol
 
 import torch
 
+from nemo_gift.utils.checks import check_range
+
 MicroBatch = Mapping[str, torch.Tensor]
 """One micro-batch of one data-parallel rank: ``tokens``, ``labels``, ``loss_mask`` [b, S] and
 whatever per-sequence or per-token fields its objective reads (``advantages`` [b],
@@ -117,11 +119,22 @@ HFWeights = Union[Iterable[Tuple[str, torch.Tensor]], Mapping[str, torch.Tensor]
 streams them (``export_hf_tensors``)."""
 
 
+def check_sampling(section: str, *, max_new_tokens, temperature, top_p, top_k) -> None:
+    """The value checks of the sampling fields, naming ``SECTION.KEY``: the one set that
+    :class:`SamplingConfig` and the run config's ``rollout`` section both apply."""
+    check_range(f"{section}.temperature", temperature, low=0)  # 0 = greedy
+    check_range(f"{section}.top_p", top_p, low=0, high=1, low_open=True)
+    check_range(f"{section}.top_k", top_k, low=0)  # 0 = off
+    check_range(f"{section}.max_new_tokens", max_new_tokens, low=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """How to sample the responses of one ``generate`` call."""
+    """How to sample the responses of one ``generate`` call.
 
-    max_new_tokens: int = 128
+    Its defaults are also those of the run config's ``rollout`` section (one source)."""
+
+    max_new_tokens: int = 1024
     """Most tokens generated per response (a stop token counts)."""
     temperature: float = 1.0
     """Logits are divided by it before sampling; 0 means greedy (argmax)."""
@@ -137,14 +150,8 @@ class SamplingConfig:
     successive calls draw different samples."""
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
+        check_sampling("sampling", max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                       top_p=self.top_p, top_k=self.top_k)
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @property

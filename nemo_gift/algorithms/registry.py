@@ -8,10 +8,12 @@ The loop (:func:`nemo_gift.algorithms.gift.update`) knows no algorithm by name. 
 2. builds, for each mini-batch, the entry's objective (``objective``), which the policy minimizes
    over its micro-batches in one optimizer step.
 
-The options of each algorithm are the run config section named by ``options`` (``gift:``,
-``grpo:``). Adding a loss is: the loss and its objective builder (``losses.py``,
-``objectives.py``), an entry in :data:`ALGORITHMS`, and a recipe overlay ``conf/algorithm/NAME.yaml``
-(docs/architecture.md shows one).
+Each entry carries its options dataclass (``options``); the run config holds one instance per
+entry, under the entry's name (the YAML sections ``gift:``, ``grpo:``), and the loop's
+:class:`~nemo_gift.algorithms.gift.LoopConfig` gets them by name too, so a loss with options of
+its own needs no new config field. Adding a loss is: the loss and its objective builder
+(``losses.py``, ``objectives.py``), an entry in :data:`ALGORITHMS`, and a recipe overlay
+``conf/algorithm/NAME.yaml`` (docs/architecture.md shows one).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig, Implicit
 from nemo_gift.algorithms.interfaces import Objective, PolicyInterface
 from nemo_gift.algorithms.normalization import group_moments, implicit_rewards
 from nemo_gift.algorithms.objectives import gift_objective, grpo_objective
+from nemo_gift.utils.convert import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +57,19 @@ class MiniBatchStep:
 class Algorithm:
     """One entry of :data:`ALGORITHMS`."""
 
-    options: str
-    """The run config section (and :class:`~nemo_gift.algorithms.gift.LoopConfig` field) holding
-    its options; they also give the explicit advantages' ``eps`` and ``unbiased_std``."""
+    options: type
+    """Its options dataclass, validated on construction: the run config section named as the
+    entry holds one. Besides the objective's own options, they give the explicit advantages'
+    ``eps`` and ``unbiased_std``."""
     logprobs: Callable[[Any], dict[str, bool]]
     """``logprobs(options) -> {batch key: from the reference?}``, computed once per rollout batch."""
     objective: Callable[[Any, MiniBatchStep], Optional[Objective]]
     """``objective(options, step)``: the step's objective, or None to skip the step (nothing to
     learn from)."""
+    check: Callable[[Any, Any], None] = lambda options, cfg: None
+    """``check(options, cfg)``: checks of the options against the rest of the run config ``cfg``
+    (a :class:`nemo_gift.config.schema.RunConfig`), run by its ``validate``; raises
+    :class:`~nemo_gift.utils.convert.ConfigError` naming the keys."""
 
     def needs_reference(self, options) -> bool:
         """Whether the run must keep the frozen reference model."""
@@ -90,6 +98,22 @@ def _gift_objective(options: GiftLossConfig, step: MiniBatchStep) -> Optional[Ob
     return gift_objective(options, num_pairs=rows - dropped, num_groups=step.num_groups, implicit_moments=moments)
 
 
+def _gift_check(options: GiftLossConfig, cfg) -> None:
+    G, micro = cfg.rollout.group_size, cfg.trainer.micro_batch_size
+    if not options.detach_implicit_stats and micro % G:
+        raise ConfigError(
+            f"gift.detach_implicit_stats=false needs whole groups in each micro-batch: "
+            f"trainer.micro_batch_size={micro} must be a multiple of rollout.group_size={G}"
+        )
+    budget = cfg.trainer.max_tokens_per_micro_batch
+    if not options.detach_implicit_stats and budget:
+        raise ConfigError(
+            "gift.detach_implicit_stats=false needs whole groups in each micro-batch, and "
+            f"trainer.max_tokens_per_micro_batch={budget} packs rows by length (groups split); "
+            "unset the budget or keep the detached statistics"
+        )
+
+
 def _grpo_logprobs(options: GrpoLossConfig) -> dict[str, bool]:
     return {"old_logprobs": False, **({"reference_logprobs": True} if options.beta_kl > 0 else {})}
 
@@ -102,10 +126,20 @@ def _grpo_objective(options: GrpoLossConfig, step: MiniBatchStep) -> Objective:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "gift": Algorithm(options="gift", logprobs=_gift_logprobs, objective=_gift_objective),
-    "grpo": Algorithm(options="grpo", logprobs=_grpo_logprobs, objective=_grpo_objective),
+    "gift": Algorithm(options=GiftLossConfig, logprobs=_gift_logprobs, objective=_gift_objective, check=_gift_check),
+    "grpo": Algorithm(options=GrpoLossConfig, logprobs=_grpo_logprobs, objective=_grpo_objective),
 }
 """The algorithms ``trainer.algorithm`` may name."""
+
+
+def option_types() -> dict[str, type]:
+    """``{name: options dataclass}`` of every entry: the run config's loss sections."""
+    return {name: entry.options for name, entry in ALGORITHMS.items()}
+
+
+def default_options() -> dict[str, Any]:
+    """Every entry's options at their defaults, by name."""
+    return {name: entry.options() for name, entry in ALGORITHMS.items()}
 
 
 def get_algorithm(name: str) -> Algorithm:

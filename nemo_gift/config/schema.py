@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
+from nemo_gift.algorithms.registry import default_options, get_algorithm, option_types
 from nemo_gift.algorithms.rollout import padded_length
 from nemo_gift.config.cluster import ClusterConfig
 from nemo_gift.config.sections import (
@@ -40,7 +40,7 @@ from nemo_gift.config.sections import (
 )
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 from nemo_gift.utils.checks import check_path, check_range, check_safe_name, check_writable_dir
-from nemo_gift.utils.convert import ConfigError, from_dict, to_dict
+from nemo_gift.utils.convert import SECTIONS, ConfigError, from_dict, to_dict
 
 
 @dataclasses.dataclass
@@ -54,27 +54,48 @@ class RunConfig:
     seed: int = 1234
     """Seed of the prompt order and sampling (and, unless set apart, of data and model init)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The policy architecture (nemo_gift/models/policy/config.py); must match ``init.hf_checkpoint``."""
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    """TP, PP (DP = world / (TP*PP)), dtype, layer implementation and FP8 of the policy."""
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    """Where the policy's weights come from (a Hugging Face checkpoint, or random)."""
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    """The tokenizer: the synthetic task's characters or a local transformers one."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """The training and held-out prompts."""
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    """The explicit reward r: a verifier or a reward model."""
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    """The rollout engine, G and the sampling of the responses."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    """The algorithm, the batch sizes (B, mini-batch, micro-batch) and the run length."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """The policy's optimizer and LR schedule."""
     sft: SftConfig = dataclasses.field(default_factory=SftConfig)
-    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
-    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    """The supervised warm start before RL."""
+    algorithm_options: dict[str, Any] = dataclasses.field(
+        default_factory=default_options, metadata={SECTIONS: option_types})
+    """The options of every algorithm of :data:`nemo_gift.algorithms.registry.ALGORITHMS`, by name.
+    The YAML writes each as a section named as its entry (``gift:``, ``grpo:``), typed and checked
+    by the entry's options dataclass; ``trainer.algorithm`` picks the one the run uses."""
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    """When to save, how many to keep, and how to resume."""
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    """Where the metrics go (RUN_DIR/metrics.jsonl always)."""
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    """Where the run executes: here (local) or on Slurm, and its world size."""
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    """``job: export``: the checkpoint to convert to Hugging Face."""
 
     def __post_init__(self):
         check_safe_name("name", self.name)
         check_range("seed", self.seed, low=0, high=MAX_SEED)
         if not str(self.run_dir).strip():
             raise ConfigError("run_dir='' is empty: it would write into the current directory; give a directory")
+
+    def loss_options(self):
+        """The options of the run's algorithm (``trainer.algorithm``)."""
+        return self.algorithm_options[self.trainer.algorithm]
 
 
 def _check_paths(cfg: RunConfig) -> None:
@@ -110,9 +131,34 @@ def _check_task(cfg: RunConfig) -> None:
         cfg.init.check_vocab(vocab)
 
 
+def _check_export(cfg: RunConfig) -> None:
+    """``job: export`` names its checkpoint and output, and runs in one process."""
+    for key in ("checkpoint", "hf_out"):
+        if getattr(cfg.export, key) is None:
+            raise ConfigError(f"job=export needs export.{key}")
+    _check_paths(cfg)
+    if cfg.cluster.world_size != 1:
+        raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
+
+
+def _check_layout(cfg: RunConfig, cuda: bool) -> None:
+    """The parallel layout fits the model, the world size and the device."""
+    tp = cfg.parallel.tensor_model_parallel_size
+    try:
+        cfg.parallel.validate_for(cfg.model, world_size=cfg.cluster.world_size,
+                                  cuda=cuda or cfg.cluster.executor == "slurm")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if cfg.model.vocab_size % tp:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is not divisible by "
+            f"parallel.tensor_model_parallel_size={tp}: training would pad the vocabulary, and the "
+            "log-prob reduction does not mask padded columns yet"
+        )
+
+
 def _check_token_budget(cfg: RunConfig) -> None:
-    """``trainer.max_tokens_per_micro_batch`` holds the longest possible row, and splits groups
-    (rows are packed by length), so GIFT's group statistics must be the detached mini-batch ones."""
+    """``trainer.max_tokens_per_micro_batch`` holds the longest possible row."""
     budget = cfg.trainer.max_tokens_per_micro_batch
     if budget is None:
         return
@@ -122,40 +168,12 @@ def _check_token_budget(cfg: RunConfig) -> None:
             f"trainer.max_tokens_per_micro_batch={budget} cannot hold one row of up to {longest} tokens "
             f"(data.max_prompt_length + rollout.max_new_tokens, padded to parallel.sequence_pad_multiple)"
         )
-    if cfg.trainer.algorithm == "gift" and not cfg.gift.detach_implicit_stats:
-        raise ConfigError(
-            "gift.detach_implicit_stats=false needs whole groups in each micro-batch, and "
-            f"trainer.max_tokens_per_micro_batch={budget} packs rows by length (groups split); "
-            "unset the budget or keep the detached statistics"
-        )
 
 
-def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
-    """Cross-field checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
-
-    Single values (finite, in range, registered names) are checked by each section's ``__post_init__``."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if cfg.job == "export":
-        for key in ("checkpoint", "hf_out"):
-            if getattr(cfg.export, key) is None:
-                raise ConfigError(f"job=export needs export.{key}")
-        _check_paths(cfg)
-        if cfg.cluster.world_size != 1:
-            raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
-        return cfg
-    tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
-    world = cfg.cluster.world_size
-    try:
-        cfg.parallel.validate_for(cfg.model, world_size=world, cuda=cuda or cfg.cluster.executor == "slurm")
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    if cfg.model.vocab_size % tp:
-        raise ConfigError(
-            f"model.vocab_size={cfg.model.vocab_size} is not divisible by "
-            f"parallel.tensor_model_parallel_size={tp}: training would pad the vocabulary, and the "
-            "log-prob reduction does not mask padded columns yet"
-        )
-    dp = world // (tp * pp)
+def _check_batches(cfg: RunConfig) -> None:
+    """B, the mini-batch and the micro-batch divide each other, in whole groups per DP rank."""
+    p = cfg.parallel
+    dp = cfg.cluster.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
     G, t = cfg.rollout.group_size, cfg.trainer
     if t.prompts_per_step % t.mini_batch_prompts:
         raise ConfigError(
@@ -174,18 +192,16 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"per data-parallel rank of a mini-batch (mini_batch_prompts * group_size / DP); "
             "it would leave a partial or empty accumulation step"
         )
-    if t.algorithm == "gift" and not cfg.gift.detach_implicit_stats and t.micro_batch_size % G:
-        raise ConfigError(
-            f"gift.detach_implicit_stats=false needs whole groups in each micro-batch: "
-            f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of rollout.group_size={G}"
-        )
-    _check_token_budget(cfg)
-    if cfg.rollout.engine == "torch" and pp > 1:
+
+
+def _check_rollout(cfg: RunConfig, cuda: bool) -> None:
+    """The engine fits the layout, and prompt plus response fit the model's positions."""
+    r, pp = cfg.rollout, cfg.parallel.pipeline_model_parallel_size
+    if r.engine == "torch" and pp > 1:
         raise ConfigError(
             f"rollout.engine=torch generates on the policy's own model and needs "
             f"parallel.pipeline_model_parallel_size=1 (got {pp}); use rollout.engine=trtllm with PP"
         )
-    r = cfg.rollout
     if cfg.data.max_prompt_length + r.max_new_tokens > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.max_prompt_length + rollout.max_new_tokens = "
@@ -198,6 +214,10 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
         problems = config_problems(cfg, cuda)
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def _check_data(cfg: RunConfig) -> None:
+    """Real datasets have their files, and the tokenizer and the reward fit the dataset."""
     d = cfg.data
     if d.dataset != "arithmetic" and d.train_path is None:
         raise ConfigError(f"data.train_path is required for data.dataset={d.dataset}")
@@ -211,6 +231,23 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
     cfg.reward.check_task(d)
     if cfg.tokenizer.kind == "hf" and (cfg.tokenizer.path or cfg.init.hf_checkpoint) is None:
         raise ConfigError("tokenizer.kind=hf needs tokenizer.path or init.hf_checkpoint")
+
+
+def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
+    """Cross-section checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
+
+    Single values (finite, in range, one of the choices) are checked by each section's own
+    ``__post_init__``; the algorithm's options against the rest by its registry entry's ``check``."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cfg.job == "export":
+        _check_export(cfg)
+        return cfg
+    _check_layout(cfg, cuda)
+    _check_batches(cfg)
+    _check_token_budget(cfg)
+    get_algorithm(cfg.trainer.algorithm).check(cfg.loss_options(), cfg)
+    _check_rollout(cfg, cuda)
+    _check_data(cfg)
     if cfg.cluster.executor == "local" and cfg.cluster.backend == "nccl" and not cuda:
         raise ConfigError("cluster.backend=nccl needs CUDA; use cluster.backend=gloo on CPU")
     _check_task(cfg)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from nemo_gift.algorithms.interfaces import SamplingConfig, check_sampling
 from nemo_gift.algorithms.registry import ALGORITHMS
 from nemo_gift.utils.checks import check_choice, check_path, check_range, check_writable_dir
 from nemo_gift.utils.convert import ConfigError
@@ -122,6 +123,7 @@ class DataConfig:
     """Longer prompts are filtered out of the training and held-out prompts (in tokens, template
     included), with a count in the log; no prompt left is an error."""
     arithmetic: ArithmeticTaskConfig = dataclasses.field(default_factory=ArithmeticTaskConfig)
+    """The synthetic task's settings (``dataset: arithmetic``); ignored by the real datasets."""
 
     def __post_init__(self):
         check_range("data.eval_size", self.eval_size, low=1)
@@ -207,12 +209,15 @@ class RolloutConfig:
     """``torch``: the KV-cached engine on the policy's own model (anywhere). ``trtllm``: GPUs."""
     group_size: int = 8
     """G, responses per prompt (the author's scripts: 16). Must be >= 2."""
-    temperature: float = 1.0
+    temperature: float = SamplingConfig.temperature
     """Sampling temperature of the training rollouts; > 0 (0 would be greedy: G equal responses)."""
-    top_p: float = 1.0
-    top_k: int = 0
+    top_p: float = SamplingConfig.top_p
+    """Nucleus sampling of the training rollouts: keep the most likely tokens whose mass reaches
+    ``top_p`` (1 = off)."""
+    top_k: int = SamplingConfig.top_k
     """0 disables top-k; 1 is refused (greedy, as temperature 0)."""
-    max_new_tokens: int = 1024
+    max_new_tokens: int = SamplingConfig.max_new_tokens
+    """Most tokens generated per response, in training and evaluation (a stop token counts)."""
     eval_temperature: float = 0.0
     """0 is greedy decoding: pass@1 at evaluation."""
     trtllm_gpu_memory_fraction: float = 0.5
@@ -220,9 +225,8 @@ class RolloutConfig:
 
     def __post_init__(self):
         check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
-        check_range("rollout.temperature", self.temperature, low=0)
-        check_range("rollout.top_p", self.top_p, low=0, high=1, low_open=True)
-        check_range("rollout.top_k", self.top_k, low=0)
+        check_sampling("rollout", max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                       top_p=self.top_p, top_k=self.top_k)
         for key, greedy in (("temperature", self.temperature == 0), ("top_k", self.top_k == 1)):
             if greedy:  # TensorRT-LLM 1.2 also refuses n > 1 under greedy decoding (SamplingParams)
                 raise ConfigError(
@@ -230,7 +234,6 @@ class RolloutConfig:
                     "prompt would be identical, every group's std 0 and the loss 0. Sample (temperature > 0, "
                     "top_k 0 or >= 2); greedy decoding is for evaluation (rollout.eval_temperature=0)"
                 )
-        check_range("rollout.max_new_tokens", self.max_new_tokens, low=1)
         check_range("rollout.eval_temperature", self.eval_temperature, low=0)
         check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,
                     low_open=True)
@@ -241,11 +244,18 @@ class OptimConfig:
     lr: float = 3e-6
     """GIFT 3e-6, GRPO 1e-6 in the paper."""
     min_lr: float = 0.0
+    """Final LR of the ``cosine`` schedule, reached at the last optimizer step; <= ``lr``."""
     schedule: Literal["constant", "cosine"] = "constant"
+    """LR after the warmup: ``constant`` at ``lr``, or ``cosine`` decay from ``lr`` to ``min_lr``
+    over the run's optimizer steps (nemo_gift/models/policy/optimizer.py states the formula)."""
     warmup_steps: int = 0
+    """Linear warmup of the LR from 0 over this many optimizer steps."""
     weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay."""
     adam_beta1: float = 0.9
+    """Adam's first-moment decay, in [0, 1)."""
     adam_beta2: float = 0.999
+    """Adam's second-moment decay, in [0, 1)."""
     clip_grad: float = 1.0
     """Global grad-norm clipping (GIFT has no other clipping)."""
 
@@ -265,8 +275,11 @@ class SftConfig:
     instruct model and set steps: 0)."""
 
     steps: int = 0
+    """Optimizer steps of the warm start (cosine LR to lr / 10); 0 skips it."""
     batch_size: int = 64
+    """Demonstrations per warm-start step."""
     lr: float = 1e-3
+    """Peak LR of the warm start."""
     cache_dir: str | None = None
     """If set, the warm-started weights are cached there and reused by runs with the same model,
     task and SFT settings (the experiment's runs share one warm start)."""
@@ -321,6 +334,7 @@ class CheckpointConfig:
     every: int = 0
     """Save every k rollout steps (and at the end); 0 saves only at the end."""
     keep_last: int = 2
+    """Complete checkpoints kept (older ones are deleted once a newer one is complete); >= 1."""
     resume: str = "auto"
     """``auto``: continue from the latest checkpoint in RUN_DIR/checkpoints if any; ``never``;
     or a checkpoint directory."""
@@ -343,10 +357,13 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class LoggingConfig:
     tensorboard: bool = True
+    """Write TensorBoard event files to RUN_DIR/tensorboard."""
     wandb: bool = False
     """Logs to Weights & Biases when also installed."""
     wandb_project: str = "nemo_gift"
+    """The Weights & Biases project of the run (the run's ``name`` is its W&B name)."""
     progress_bar: bool = True
+    """Show a progress bar of the rollout steps on rank 0 (off in batch jobs' logs)."""
     plots: bool = True
     """Write PNG curves to RUN_DIR/plots at the end."""
 

@@ -99,10 +99,11 @@ def layout(cfg) -> list[tuple[str, str]]:
 
 
 def needs_reference(cfg) -> bool:
-    """GIFT with ``implicit_baseline=reference``, or GRPO with ``beta_kl > 0``."""
-    if cfg.trainer.algorithm == "gift":
-        return getattr(cfg.gift.implicit_baseline, "value", cfg.gift.implicit_baseline) == "reference"
-    return cfg.grpo.beta_kl > 0
+    """Whether the algorithm keeps the frozen reference (its registry entry says: GIFT with
+    ``implicit_baseline=reference``, GRPO with ``beta_kl > 0``)."""
+    from nemo_gift.algorithms.registry import get_algorithm
+
+    return get_algorithm(cfg.trainer.algorithm).needs_reference(cfg.loss_options())
 
 
 def optimizer_terms(P: int, w: int, dp: int, distributed: bool) -> list[Term]:

@@ -1,10 +1,14 @@
-"""Field checks of the run config, each raising :class:`ConfigError` naming the key and value.
+"""Field checks of the config dataclasses, each raising :class:`ConfigError` naming the key and value.
 
-The config dataclasses call them from their ``__post_init__`` (value checks) and from small
-per-section methods (paths, registries), next to the fields they check:
+The project's one validation idiom: every config dataclass checks its own fields in its
+``__post_init__`` with these helpers (choices are a ``Literal`` or a ``str`` ``Enum``, whose
+values the check reads, never a re-listed tuple), and paths in small per-section methods;
+:func:`nemo_gift.config.schema.validate` keeps only the checks across sections:
 
     check_range("optim.lr", self.lr, low=0, low_open=True)        # finite, > 0
     check_range("optim.adam_beta1", self.adam_beta1, low=0, high=1, high_open=True)
+    check_choice("model.arch", self.arch, Architecture)             # a Literal's (or Enum's) values
+    check_bool("gift.unbiased_std", self.unbiased_std)
     check_path("data.train_path", self.train_path, kind="any")     # exists
     check_writable_dir("run_dir", self.run_dir)                     # a directory we can create or write
 
@@ -14,11 +18,12 @@ range is unbounded on that side and ``finite=False``.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from nemo_gift.utils.convert import ConfigError
 
@@ -50,21 +55,39 @@ def check_range(
     """``value`` is a finite number in the interval (``None`` passes: an unset optional field)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} must be a number")
-    if math.isnan(value) or (finite and math.isinf(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or (
+            finite and math.isinf(value)):
         interval = _interval(low, high, low_open, high_open)
-        raise ConfigError(f"{key}={value!r} must be a finite number {interval}".rstrip())
+        raise ConfigError(f"{key}={value!r} must be a {'finite ' if finite else ''}number {interval}".rstrip())
     below = low is not None and (value < low or (low_open and value == low))
     above = high is not None and (value > high or (high_open and value == high))
     if below or above:
         raise ConfigError(f"{key}={value!r} must be {_interval(low, high, low_open, high_open)}")
 
 
+def _choices(choices) -> list:
+    """The allowed values: a ``Literal``'s or an ``Enum``'s in their order, a registry's sorted."""
+    if get_origin(choices) is Literal:
+        return list(get_args(choices))
+    if isinstance(choices, type) and issubclass(choices, enum.Enum):
+        return [member.value for member in choices]
+    return sorted(choices)
+
+
 def check_choice(key: str, value, choices) -> None:
-    """``value`` is one of ``choices`` (a registry's names)."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of {sorted(choices)}")
+    """``value`` is one of ``choices``: a ``Literal`` type, an ``Enum`` class (a member or its
+    value) or a registry's names."""
+    allowed = _choices(choices)
+    if isinstance(value, enum.Enum) and isinstance(choices, type) and isinstance(value, choices):
+        return
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+
+
+def check_bool(key: str, value) -> None:
+    """``value`` is ``True`` or ``False`` (not a string or a number)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be a bool")
 
 
 def check_safe_name(key: str, value: str) -> None:
@@ -112,4 +135,4 @@ def check_writable_dir(key: str, value: str | None) -> None:
         raise ConfigError(f"{key}={value}: {ancestor} is not writable")
 
 
-__all__ = ["check_choice", "check_path", "check_range", "check_safe_name", "check_writable_dir"]
+__all__ = ["check_bool", "check_choice", "check_path", "check_range", "check_safe_name", "check_writable_dir"]

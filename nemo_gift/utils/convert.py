@@ -6,7 +6,12 @@
 - a value of the wrong type, or outside a ``Literal``/``Enum``, raises naming the key and value;
 - nested dataclasses, ``Optional``, ``list``/``tuple``/``dict`` and ``str`` Enums are supported;
 - each dataclass's own ``__post_init__`` validation runs, and its error is re-raised with the
-  key path in front.
+  key path in front;
+- a ``dict`` field whose metadata has ``SECTIONS`` (a callable returning ``{key: dataclass}``)
+  holds sections that the YAML writes at the parent's level: ``{"gift": {...}}`` fills
+  ``field["gift"]`` with that key's dataclass (its defaults where the key is absent), and
+  :func:`to_dict` writes them back at that level. A registry can so add sections (the run
+  config's loss options) without a new field.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+
+SECTIONS = "sections"
+"""Metadata key of a field holding registry sections by name (see the module docstring)."""
 
 
 class ConfigError(ValueError):
@@ -109,11 +117,17 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    grouped = {f.name: f.metadata[SECTIONS]() for f in fields.values() if SECTIONS in f.metadata}
+    sections = {key: (name, tp) for name, types_ in grouped.items() for key, tp in types_.items()}
     prefix = f"{path}." if path else ""
-    unknown = sorted(set(data) - set(fields))
+    known = (set(fields) - set(grouped)) | set(sections)
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {path or 'the config'}: {sorted(fields)}")
-    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {path or 'the config'}: {sorted(known)}")
+    kwargs = {name: {key: _convert(tp, data.get(key, {}), f"{prefix}{key}") for key, tp in types_.items()}
+              for name, types_ in grouped.items()}
+    kwargs.update({name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()
+                   if name not in sections})
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -125,7 +139,15 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
 def to_dict(obj) -> Any:
     """The inverse of :func:`from_dict`: plain dicts, lists and scalars (Enums as values)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        out = {}
+        for f in dataclasses.fields(obj):
+            if f.init:
+                value = to_dict(getattr(obj, f.name))
+                if SECTIONS in f.metadata:
+                    out.update(value)  # the sections at this level, as the YAML writes them
+                else:
+                    out[f.name] = value
+        return out
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, (list, tuple)):
@@ -135,4 +157,4 @@ def to_dict(obj) -> Any:
     return obj
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict"]
+__all__ = ["SECTIONS", "ConfigError", "from_dict", "to_dict"]

@@ -7,7 +7,9 @@ with plain SGD, so a step on one mini-batch moves the log-probs of every other r
 network does.
 """
 
+import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -54,11 +56,12 @@ def _batch(n: int):
     return {"tokens": labels.clone(), "labels": labels, "loss_mask": mask, "row": torch.arange(n)}
 
 
-def _cfg(algorithm: str, mini_batch_prompts: int, **kw) -> LoopConfig:
+def _cfg(algorithm: str, mini_batch_prompts: int, **options) -> LoopConfig:
+    """The loop's config; ``options``: each algorithm's options by registry name (``gift=...``)."""
     sampling = SamplingConfig(max_new_tokens=3)
     return LoopConfig(algorithm=algorithm, max_steps=1, group_size=G, mini_batch_prompts=mini_batch_prompts,
                       micro_batch_size=G * mini_batch_prompts, eval_every=0, checkpoint_every=0, keep_last=1,
-                      sampling=sampling, eval_sampling=sampling, **kw)
+                      sampling=sampling, eval_sampling=sampling, algorithm_options=options)
 
 
 def _parts(policy) -> LoopParts:
@@ -134,31 +137,75 @@ def test_the_registry_says_which_log_probs_and_whether_the_reference_is_kept(alg
         get_algorithm("ppo")
 
 
-def test_a_new_loss_is_a_function_and_a_registry_entry(monkeypatch):
-    """docs/architecture.md "Adding a loss": a sequence-level policy gradient registered under a
-    new name (reading the grpo options) trains through the unchanged loop and config."""
+@dataclasses.dataclass(frozen=True)
+class SeqPgConfig:
+    """The options of the made-up loss of the next test: one key no config section has."""
+
+    scale: float = 1.0
+    """The loss is ``scale`` times the sequence-level policy gradient."""
+    eps: float = 1e-6
+    """eps of the explicit advantage (every entry's options have it)."""
+    unbiased_std: bool = True
+    """Unbiased std in the explicit advantage (every entry's options have it)."""
+
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise ValueError(f"scale={self.scale!r} must be > 0")
+
+
+def test_a_new_loss_is_a_function_and_a_registry_entry(monkeypatch, tmp_path):
+    """docs/architecture.md "Adding a loss": a sequence-level policy gradient with an option of
+    its own (``seq_pg.scale``) is a loss function, a registry entry carrying its options
+    dataclass, and a recipe overlay; it composes, validates and trains through the unchanged
+    loop and config (no new RunConfig or LoopConfig field)."""
     from nemo_gift.algorithms import registry
-    from nemo_gift.config.sections import TrainerConfig
+    from nemo_gift.config.schema import load_run_config
+    from nemo_gift.launcher.main import DEFAULT_CONF_DIR, compose
+    from nemo_gift.utils.convert import ConfigError, to_dict
 
     def seq_pg_loss(logprobs, mask, advantages, num_sequences):  # -(1/n) sum_i A_i sum_t log pi
         return -(advantages * (logprobs * mask).sum(-1)).sum() / num_sequences
 
     def objective(options, step):
         def fn(logprobs, mb):
-            loss = seq_pg_loss(logprobs, mb["loss_mask"], mb["advantages"], step.num_groups * step.group_size)
+            n = step.num_groups * step.group_size
+            loss = options.scale * seq_pg_loss(logprobs, mb["loss_mask"], mb["advantages"], n)
             return loss, {"old_mean": mb["old_logprobs"].mean().detach()}
         return fn
 
-    entry = registry.Algorithm(options="grpo", logprobs=lambda options: {"old_logprobs": False}, objective=objective)
+    def check(options, cfg):  # a cross-check of the options against the run config
+        if options.scale > 1 and cfg.optim.lr > 1e-3:
+            raise ConfigError(f"seq_pg.scale={options.scale} with optim.lr={cfg.optim.lr}: too big a step")
+
+    entry = registry.Algorithm(options=SeqPgConfig, logprobs=lambda options: {"old_logprobs": False},
+                               objective=objective, check=check)
     monkeypatch.setitem(registry.ALGORITHMS, "seq_pg", entry)
-    assert TrainerConfig(algorithm="seq_pg").algorithm == "seq_pg"  # the config reads the registry
+
+    # The recipe overlay, composed by Hydra over a copy of conf/.
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf)
+    (conf / "algorithm" / "seq_pg.yaml").write_text(
+        "# @package _global_\ntrainer:\n  algorithm: seq_pg\nseq_pg:\n  scale: 2.0\n  eps: 0.5\n  unbiased_std: false\n")
+    overrides = ["algorithm=seq_pg", f"run_dir={tmp_path / 'run'}", "sft.cache_dir=null"]
+    raw = compose("gift_tiny", overrides, conf)
+    assert raw["seq_pg"] == {"scale": 2.0, "eps": 0.5, "unbiased_std": False}
+    cfg = load_run_config(raw, cuda=False)
+    assert cfg.trainer.algorithm == "seq_pg" and cfg.loss_options() == SeqPgConfig(2.0, 0.5, False)
+    assert to_dict(cfg)["seq_pg"] == raw["seq_pg"]  # written back as the YAML section
+    with pytest.raises(ConfigError, match=r"seq_pg: scale=-1.0 must be > 0"):
+        load_run_config(compose("gift_tiny", overrides + ["seq_pg.scale=-1"], conf), cuda=False)
+    with pytest.raises(ConfigError, match=r"unknown key seq_pg.scal\b"):
+        load_run_config(compose("gift_tiny", overrides + ["+seq_pg.scal=1"], conf), cuda=False)
+    with pytest.raises(ConfigError, match=r"seq_pg.scale=2.0 with optim.lr=0.01"):
+        load_run_config(compose("gift_tiny", overrides + ["optim.lr=0.01"], conf), cuda=False)
+
+    # It trains through the unchanged loop, with the run config's options.
     policy = LinearPolicy(8)
     batch = _batch(8)
     before = policy.logprobs(batch)  # [8, S] at the weights of the one optimizer step
-    grpo = GrpoLossConfig(eps=0.5, unbiased_std=False)
-    metrics = update(_parts(policy), _cfg("seq_pg", 2, grpo=grpo), batch, REWARDS)
+    metrics = update(_parts(policy), _cfg("seq_pg", 2, **cfg.algorithm_options), batch, REWARDS)
     adv = torch.tensor(_hand_advantages(0.5, False), dtype=torch.float64)
-    expected = -(adv * (before * batch["loss_mask"]).sum(-1)).sum() / 8
+    expected = -2.0 * (adv * (before * batch["loss_mask"]).sum(-1)).sum() / 8
     assert metrics["train/optimizer_steps"] == 1
     assert metrics["train/loss"] == pytest.approx(float(expected), rel=1e-6)  # A is float32
     assert metrics["train/old_mean"] == pytest.approx(float(before.mean()), rel=1e-12)

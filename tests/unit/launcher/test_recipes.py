@@ -32,8 +32,8 @@ def test_recipe_composes_and_validates(name):
 
 def test_paper_settings():
     gift, grpo = load("gift_qwen2.5-32b-instruct_gsm8k_4n8g", []), load("grpo_qwen2.5-32b-instruct_gsm8k_4n8g", [])
-    assert (gift.optim.lr, gift.gift.beta) == (3e-6, 1.0)
-    assert (grpo.optim.lr, grpo.grpo.beta_kl) == (1e-6, 0.001)
+    assert (gift.optim.lr, gift.algorithm_options["gift"].beta) == (3e-6, 1.0)
+    assert (grpo.optim.lr, grpo.algorithm_options["grpo"].beta_kl) == (1e-6, 0.001)
     for cfg in (gift, grpo):
         assert (cfg.trainer.prompts_per_step, cfg.trainer.mini_batch_prompts, cfg.trainer.epochs) == (1024, 256, 15)
         assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 1024)
