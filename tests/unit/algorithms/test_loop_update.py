@@ -233,7 +233,7 @@ def test_a_token_budget_gives_gift_the_mini_batch_group_statistics():
     rewards = torch.tensor([1.0, 0, 0, 1] * (n // G))
     runs = {}
     for name, policy, budget in (("whole", LinearPolicy(n), None), ("rows", RowByRowPolicy(n), 4096)):
-        metrics = update(_parts(policy), _cfg("gift", 2, max_tokens_per_micro_batch=budget), _batch(n), rewards)
+        metrics = update(_parts(policy), dataclasses.replace(_cfg("gift", 2), max_tokens_per_micro_batch=budget), _batch(n), rewards)
         runs[name] = (metrics["train/loss"], policy.w.detach().clone())
     assert runs["rows"][0] == pytest.approx(runs["whole"][0], rel=1e-12)
     torch.testing.assert_close(runs["rows"][1], runs["whole"][1], rtol=1e-12, atol=1e-12)
