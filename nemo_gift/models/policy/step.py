@@ -22,6 +22,10 @@ reduced ``main_grad`` is exactly dL/dtheta. It reports the unscaled ``l_{j,d}`` 
 is refused rather than silently mis-scaled. :func:`run_step` sums the reported values over
 the micro-batches and DP ranks.
 
+With ``fused_lm_head`` (``parallel.fused_lm_head_logprobs``) the model's output layer computes
+the log-probs itself, chunk by chunk, and the model returns them instead of the logits
+(:mod:`nemo_gift.models.policy.lm_head`); the loss function then takes them as they come.
+
 PP: only the last stage has logits, so only it computes log-probs and the loss.
 :func:`broadcast_from_last_stage` gives the results to the other stages (``docs/parallelism.md``).
 """
@@ -37,6 +41,7 @@ import torch.distributed as dist
 
 from nemo_gift.algorithms.rollout import select
 from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
+from nemo_gift.models.policy.lm_head import fused_logprobs_head
 
 __all__ = ["micro_batches", "make_forward_step", "run_step", "forward_logprobs"]
 
@@ -78,6 +83,15 @@ def _model_inputs(mb: MicroBatch):
     return tokens, pos, mask
 
 
+def _model_output(model, mb: MicroBatch, fused_lm_head: bool, chunk_size: Optional[int], inference_only: bool = False):
+    """The model's output for a micro-batch: vocab-parallel logits [b, S, V/TP], or with
+    ``fused_lm_head`` log pi(labels) [b, S] fp32 (:func:`fused_logprobs_head`)."""
+    if not fused_lm_head:
+        return model(*_model_inputs(mb))
+    with fused_logprobs_head(model, mb["labels"], chunk_size=chunk_size, inference_only=inference_only):
+        return model(*_model_inputs(mb))
+
+
 def _grad_scale(model, num_microbatches: int) -> float:
     """M * D: undoes the schedule's 1/M and DDP's 1/D (see the module docstring)."""
     from megatron.core import parallel_state as ps
@@ -96,6 +110,7 @@ def make_forward_step(
     num_microbatches: int,
     logprob_chunk_size: Optional[int] = None,
     overwrite_logits: bool = True,
+    fused_lm_head: bool = True,
 ):
     """A megatron-core ``forward_step_func`` over micro-batch dicts (``tokens``, ``labels``, ...).
 
@@ -103,11 +118,12 @@ def make_forward_step(
     ``objective(logprobs, micro_batch)`` and ``metrics["loss"]`` is the unscaled ``l``.
     ``logprob_chunk_size`` and ``overwrite_logits`` go to :func:`vocab_parallel_logprobs`.
     Overwriting is safe here: the logits are the model's temporary output, read by nothing else.
+    ``fused_lm_head``: the model returns the log-probs (``logprob_chunk_size`` tokens per chunk).
     """
     from megatron.core import parallel_state as ps
 
-    def loss_func(mb, scale, logits):  # logits [b, S, V/TP]
-        logprobs = vocab_parallel_logprobs(
+    def loss_func(mb, scale, logits):  # logits [b, S, V/TP], or log-probs [b, S] if fused_lm_head
+        logprobs = logits if fused_lm_head else vocab_parallel_logprobs(
             logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size,
             overwrite_logits=overwrite_logits,
         )  # [b, S] fp32
@@ -116,7 +132,8 @@ def make_forward_step(
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        return model(*_model_inputs(mb)), partial(loss_func, mb, _grad_scale(model, num_microbatches))
+        output = _model_output(model, mb, fused_lm_head, logprob_chunk_size)
+        return output, partial(loss_func, mb, _grad_scale(model, num_microbatches))
 
     return forward_step
 
@@ -128,6 +145,7 @@ def run_step(
     *,
     logprob_chunk_size: Optional[int] = None,
     overwrite_logits: bool = True,
+    fused_lm_head: bool = True,
 ) -> dict:
     """Forward and backward of one step's micro-batches through ``forward_backward_func``.
 
@@ -145,7 +163,7 @@ def run_step(
     outputs = get_forward_backward_func()(
         forward_step_func=make_forward_step(
             objective, num_microbatches=len(micro_batches), logprob_chunk_size=logprob_chunk_size,
-            overwrite_logits=overwrite_logits,
+            overwrite_logits=overwrite_logits, fused_lm_head=fused_lm_head,
         ),
         data_iterator=iter(micro_batches), model=[model], num_microbatches=len(micro_batches),
         seq_length=s, micro_batch_size=b, forward_only=False,
@@ -160,7 +178,8 @@ def run_step(
     return result
 
 
-def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None) -> torch.Tensor:
+def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None,
+                     fused_lm_head: bool = True) -> torch.Tensor:
     """log pi(labels) [M*b, S] of this DP rank's micro-batches, on every TP and PP rank.
 
     Forward only, with ``inference_only`` log-probs (nothing kept for backward): the reference
@@ -172,15 +191,15 @@ def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_si
 
     b, s = micro_batches[0]["tokens"].shape
 
-    def loss_func(mb, logits):
-        lp = vocab_parallel_logprobs(
+    def loss_func(mb, logits):  # logits [b, S, V/TP], or log-probs [b, S] if fused_lm_head
+        lp = logits if fused_lm_head else vocab_parallel_logprobs(
             logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size, inference_only=True
         )
         return lp.new_zeros(()), {"logprobs": lp}
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        return model(*_model_inputs(mb)), partial(loss_func, mb)
+        return _model_output(model, mb, fused_lm_head, logprob_chunk_size, inference_only=True), partial(loss_func, mb)
 
     with torch.no_grad():
         outputs = get_forward_backward_func()(
