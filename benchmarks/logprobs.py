@@ -78,6 +78,16 @@ def _methods(group, chunk):
     }
 
 
+def _timed(run) -> float:
+    """Seconds of ``run()``, the max over the ranks (a barrier first)."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    run()
+    elapsed = torch.tensor([time.perf_counter() - t0])
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return elapsed.item()
+
+
 def _bench_rank(rank, world_size, reps, chunk):
     from megatron.core import parallel_state as ps
 
@@ -105,12 +115,7 @@ def _bench_rank(rank, world_size, reps, chunk):
                 if name == "naive" and rep:
                     continue
                 _, run = step(fn)
-                dist.barrier()
-                t0 = time.perf_counter()
-                run()
-                elapsed = torch.tensor([time.perf_counter() - t0])
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                times[name].append(elapsed.item())
+                times[name].append(_timed(run))
                 del run
         for name, fn in methods.items():
             logits, run = step(fn)
@@ -205,13 +210,7 @@ def _head_rank(rank, world_size, reps, rows, hidden, chunk, dtype_name):
         times = {name: [] for name in methods}
         for _ in range(reps):
             for name, fn in methods.items():
-                step = run(fn)
-                dist.barrier()
-                t0 = time.perf_counter()
-                step()
-                elapsed = torch.tensor([time.perf_counter() - t0])
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                times[name].append(elapsed.item())
+                times[name].append(_timed(run(fn)))
         grads = (x.numel() + w.numel()) * x.element_size()  # d/dx and d/dW: every method returns them
         for name, fn in methods.items():
             step = run(fn)

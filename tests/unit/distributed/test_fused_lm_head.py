@@ -1,9 +1,9 @@
 """``parallel.fused_lm_head_logprobs`` through the real megatron-core GPTModel: one training step
 (``run_step``: loss and every parameter's ``main_grad``) and the forward-only log-probs
 (``forward_logprobs``) are the same with the LM head fused (the model returns log-probs) and with
-the logits path, fp32, tolerance 1e-5, at TP=1 (DP=2), TP=2, TP=2 with sequence parallelism and
-PP=2, with untied and tied embeddings (the tied weight is the embedding's on a single stage, the
-last stage's copy under PP).
+the logits path, fp32, tolerance 1e-5 (gradients: relative to the largest), at TP=1 (DP=2), TP=2,
+TP=2 with sequence parallelism and PP=2, with untied and tied embeddings (the tied weight is the
+embedding's on a single stage, the last stage's copy under PP).
 
 Both paths run on the same model, one after the other; one spawn of 2 gloo ranks runs every layout.
 """
@@ -82,7 +82,7 @@ def test_fused_head_step_and_logprobs_equal_logits_path():
             loss0, loss1 = e["loss"]
             assert abs(loss0) > 0.5, (where, e)  # a non-trivial loss
             assert abs(loss0 - loss1) <= TOL, (where, e)
-            assert e["grad_diff"] <= TOL * max(1.0, e["grad_scale"]), (where, e)
+            assert e["grad_diff"] <= TOL * e["grad_scale"], (where, e)  # relative to the largest grad
             assert e["logprob_diff"] <= TOL, (where, e)
             assert e["logprob_mean"] < -1.0, (where, e)  # real log-probs of a random model
     # The LM head's weight gets a gradient on the stage that holds it.
