@@ -168,7 +168,9 @@ def fused_linear_logprobs(
         [...] log-probs in fp32 (float64 for float64 inputs), identical on every TP rank.
     """
     if hidden.dim() < 2 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"need hidden [..., H] and weight [V/TP, H]; got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"need hidden [..., H] and weight [V/TP, H]; got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if target_ids.shape != hidden.shape[:-1]:
         raise ValueError(
             f"target_ids must have the shape of hidden without its last dim; got hidden "
@@ -186,7 +188,9 @@ def fused_linear_logprobs(
         lo, hi = int(target_ids.min()), int(target_ids.max())
         if lo < 0 or hi >= v_local * size:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"target id {bad} is outside the vocabulary [0, {v_local * size}) (V/TP={v_local}, TP={size})")
+            raise ValueError(
+                f"target id {bad} is outside the vocabulary [0, {v_local * size}) (V/TP={v_local}, TP={size})"
+            )
     h2d = hidden.reshape(-1, hidden.shape[-1])  # [R, H]
     chunk = int(chunk_size) if chunk_size is not None else default_chunk_rows(h2d.shape[0], v_local, h2d.shape[1])
     local_t, owned = _local_targets(target_ids.reshape(-1).long(), rank * v_local, v_local)  # [R] each
