@@ -266,6 +266,52 @@ def policy_cpu_batches_resume(state: dict) -> str:
             f"step 2 loss {straight!r} straight, {resumed!r} resumed")
 
 
+@check("fused_lm_head_memory", "the LM head fused with the log-probs (bf16, Qwen's V/TP=152064/8, 8192 tokens) "
+       "peaks at <= 0.25x megatron-core's logits + cross-entropy in CUDA memory beyond the gradients, and agrees with it")
+def fused_lm_head_memory(state: dict) -> str:
+    import torch
+    from megatron.core import tensor_parallel
+
+    from nemo_gift.distributed.fused_logprobs import fused_linear_logprobs
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    _process_group()
+    parallel.initialize(ParallelConfig(), seed=0)
+    rows, hidden, v_local = 8192, 3584, 152064 // 8
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, hidden, device="cuda", generator=g).bfloat16()  # [R, H]
+    w = (torch.randn(v_local, hidden, device="cuda", generator=g) / hidden**0.5).bfloat16()  # [V/TP, H]
+    y = torch.randint(0, v_local, (rows,), device="cuda", generator=g)
+    methods = {
+        "mcore": lambda a, b: -tensor_parallel.vocab_parallel_cross_entropy(a @ b.t(), y),  # fp32 inside
+        "fused": lambda a, b: fused_linear_logprobs(a, b, y),
+    }
+    grads_bytes = (x.numel() + w.numel()) * 2
+    out = {}
+    for name, fn in methods.items():
+        for timed in (False, True):  # the first run warms up the kernels and the allocator
+            xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            lp = fn(xl, wl)
+            lp.sum().backward()
+            end.record()
+            torch.cuda.synchronize()
+            out[name] = (lp.detach(), torch.cuda.max_memory_allocated() - base - grads_bytes, start.elapsed_time(end))
+    diff = (out["mcore"][0] - out["fused"][0]).abs().max().item()
+    ratio = out["fused"][1] / out["mcore"][1]
+    detail = (f"activation peak {out['fused'][1] / 2**20:.0f} MiB vs {out['mcore'][1] / 2**20:.0f} MiB ({ratio:.2f}x), "
+              f"time {out['fused'][2]:.1f} ms vs {out['mcore'][2]:.1f} ms ({out['fused'][2] / out['mcore'][2]:.2f}x, "
+              f"not asserted), max log-prob diff {diff:.2e}")
+    if ratio > 0.25 or diff > 0.05:  # bf16 logits: a few bf16 units of |z| ~ 4
+        raise AssertionError(detail)
+    return detail
+
+
 def _launch(run_dir: str, overrides: list[str], timeout: float) -> list[dict]:
     """``launcher/run.py conf=gift_tiny run_dir=RUN_DIR OVERRIDES`` (no progress bar, TensorBoard or
     plots); its metrics.jsonl records. A failure prints the run's output tail on stderr."""

@@ -20,7 +20,7 @@ Keys that do not change the trajectory (:data:`NOT_TRAJECTORY`), and why:
   ``model.vocab_size``), or format 1;
 - memory knobs of the same computation: ``trainer.micro_batch_size`` (the loss is normalized
   over the mini-batch, whatever the micro-batch count), ``trainer.max_tokens_per_micro_batch`` (likewise),
-  ``trainer.logprob_chunk_size``,
+  ``trainer.logprob_chunk_size``, ``parallel.fused_lm_head_logprobs``,
   ``init.offload_reference``, ``rollout.trtllm_gpu_memory_fraction``, ``reward.device``,
   ``reward.batch_size``, ``reward.math_verify_workers``;
 - persistence and observability: ``checkpoint.*`` (RNG states are checkpointed, so saving more
@@ -58,7 +58,7 @@ CHANGES_FILE = "config_changes.jsonl"
 
 NOT_TRAJECTORY = (
     "parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size", "parallel.sequence_parallel",
-    "parallel.use_distributed_optimizer", "parallel.transformer_impl", "cluster.*",
+    "parallel.use_distributed_optimizer", "parallel.transformer_impl", "parallel.fused_lm_head_logprobs", "cluster.*",
     "trainer.micro_batch_size", "trainer.max_tokens_per_micro_batch", "trainer.logprob_chunk_size",
     "init.offload_reference",
     "rollout.trtllm_gpu_memory_fraction", "reward.device", "reward.batch_size", "reward.math_verify_workers",

@@ -182,6 +182,13 @@ class ParallelConfig:
     extra), or ``auto``: TE where CUDA and TE are both present, else local."""
     fp8: Fp8Config | None = None
     """FP8 training (GPU, Transformer Engine); ``None`` keeps every GEMM in ``params_dtype``."""
+    fused_lm_head_logprobs: bool = True
+    """Compute the policy's and the reference's log-probs inside the LM head, ``logprob_chunk_size``
+    tokens at a time, recomputing each chunk's logits in backward
+    (:mod:`nemo_gift.models.policy.lm_head`): no ``[b*s, V/TP]`` logits tensor exists whole.
+    Equal to the logits path within fp32 rounding (1e-5, tested); costs one more GEMM of the LM
+    head in backward. ``false``: the model returns the logits and
+    :func:`nemo_gift.distributed.logprobs.vocab_parallel_logprobs` reduces them."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):

@@ -54,6 +54,7 @@ class MegatronPolicy:
 
         self.model_cfg, self.parallel = model_cfg, parallel
         self.micro_batch_size, self.chunk = micro_batch_size, logprob_chunk_size
+        self.fused = parallel.fused_lm_head_logprobs
         self.module = build_gpt_model(model_cfg, parallel)
         self.model = wrap_for_training(self.module, parallel)
         self.reference = None
@@ -117,12 +118,12 @@ class MegatronPolicy:
                      for i in range(0, mine_t.shape[0], b)]
         if reference:
             with self.reference.on_device() as module:
-                local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk)
+                local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
         else:
             was_training = self.module.training
             self.module.eval()
             try:
-                local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk)
+                local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
             finally:
                 self.module.train(was_training)
         if plan is not None:  # back to the rank's row order and the batch's S
@@ -152,7 +153,7 @@ class MegatronPolicy:
             lengths = sequence_lengths(batch["loss_mask"])  # every row padded to the batch's S
             padding = padding_fraction(lengths, [range(len(lengths))], width=batch["tokens"].shape[1])
         self.optimizer.zero_grad()
-        out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
+        out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
         step = optimizer_step(self.optimizer, self.scheduler)
         result = {"grad_norm": step.grad_norm, "lr": step.lr, "update_ok": float(step.updated)}
         result.update(self._reduce_metrics(out.get("metrics")))

@@ -24,6 +24,10 @@ the micro-batches and DP ranks. M is each rank's own count ``M_d`` (the schedule
 ``num_microbatches`` it is given), so ranks may differ in M, as token-budget micro-batches do
 (:func:`packed_micro_batches`): ``(1/D) sum_d (1/M_d) sum_j M_d D dl_{j,d} = dL``.
 
+With ``fused_lm_head`` (``parallel.fused_lm_head_logprobs``) the model's output layer computes
+the log-probs itself, chunk by chunk, and the model returns them instead of the logits
+(:mod:`nemo_gift.models.policy.lm_head`); the loss function then takes them as they come.
+
 PP: only the last stage has logits, so only it computes log-probs and the loss.
 :func:`broadcast_from_last_stage` gives the results to the other stages (``docs/parallelism.md``).
 """
@@ -41,6 +45,7 @@ import torch.nn.functional as F
 from nemo_gift.algorithms.packing import sequence_lengths
 from nemo_gift.algorithms.rollout import padded_length, select
 from nemo_gift.distributed.logprobs import broadcast_from_last_stage, vocab_parallel_logprobs
+from nemo_gift.models.policy.lm_head import fused_logprobs_head
 
 __all__ = [
     "micro_batches", "packed_micro_batches", "unpack_rows", "allow_variable_shapes", "make_forward_step", "run_step",
@@ -121,6 +126,15 @@ def _model_inputs(mb: MicroBatch):
     return tokens, pos, mask
 
 
+def _model_output(model, mb: MicroBatch, fused_lm_head: bool, chunk_size: Optional[int], inference_only: bool = False):
+    """The model's output for a micro-batch: vocab-parallel logits [b, S, V/TP], or with
+    ``fused_lm_head`` log pi(labels) [b, S] fp32 (:func:`fused_logprobs_head`)."""
+    if not fused_lm_head:
+        return model(*_model_inputs(mb))
+    with fused_logprobs_head(model, mb["labels"], chunk_size=chunk_size, inference_only=inference_only):
+        return model(*_model_inputs(mb))
+
+
 def _grad_scale(model, num_microbatches: int) -> float:
     """M * D: undoes the schedule's 1/M and DDP's 1/D (see the module docstring)."""
     from megatron.core import parallel_state as ps
@@ -139,6 +153,7 @@ def make_forward_step(
     num_microbatches: int,
     logprob_chunk_size: Optional[int] = None,
     overwrite_logits: bool = True,
+    fused_lm_head: bool = True,
 ):
     """A megatron-core ``forward_step_func`` over micro-batch dicts (``tokens``, ``labels``, ...).
 
@@ -146,11 +161,12 @@ def make_forward_step(
     ``objective(logprobs, micro_batch)`` and ``metrics["loss"]`` is the unscaled ``l``.
     ``logprob_chunk_size`` and ``overwrite_logits`` go to :func:`vocab_parallel_logprobs`.
     Overwriting is safe here: the logits are the model's temporary output, read by nothing else.
+    ``fused_lm_head``: the model returns the log-probs (``logprob_chunk_size`` tokens per chunk).
     """
     from megatron.core import parallel_state as ps
 
-    def loss_func(mb, scale, logits):  # logits [b, S, V/TP]
-        logprobs = vocab_parallel_logprobs(
+    def loss_func(mb, scale, logits):  # logits [b, S, V/TP], or log-probs [b, S] if fused_lm_head
+        logprobs = logits if fused_lm_head else vocab_parallel_logprobs(
             logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size,
             overwrite_logits=overwrite_logits,
         )  # [b, S] fp32
@@ -159,7 +175,8 @@ def make_forward_step(
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        return model(*_model_inputs(mb)), partial(loss_func, mb, _grad_scale(model, num_microbatches))
+        output = _model_output(model, mb, fused_lm_head, logprob_chunk_size)
+        return output, partial(loss_func, mb, _grad_scale(model, num_microbatches))
 
     return forward_step
 
@@ -171,6 +188,7 @@ def run_step(
     *,
     logprob_chunk_size: Optional[int] = None,
     overwrite_logits: bool = True,
+    fused_lm_head: bool = True,
 ) -> dict:
     """Forward and backward of one step's micro-batches through ``forward_backward_func``.
 
@@ -188,7 +206,7 @@ def run_step(
     outputs = get_forward_backward_func()(
         forward_step_func=make_forward_step(
             objective, num_microbatches=len(micro_batches), logprob_chunk_size=logprob_chunk_size,
-            overwrite_logits=overwrite_logits,
+            overwrite_logits=overwrite_logits, fused_lm_head=fused_lm_head,
         ),
         data_iterator=iter(micro_batches), model=[model], num_microbatches=len(micro_batches),
         seq_length=s, micro_batch_size=b, forward_only=False,
@@ -203,7 +221,8 @@ def run_step(
     return result
 
 
-def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None) -> torch.Tensor:
+def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_size: Optional[int] = None,
+                     fused_lm_head: bool = True) -> torch.Tensor:
     """log pi(labels) [sum_j b_j, max_j S_j] of this DP rank's micro-batches, on every TP and PP rank.
 
     Forward only, with ``inference_only`` log-probs (nothing kept for backward): the reference
@@ -215,15 +234,15 @@ def forward_logprobs(model, micro_batches: list[MicroBatch], *, logprob_chunk_si
 
     b, s = micro_batches[0]["tokens"].shape
 
-    def loss_func(mb, logits):
-        lp = vocab_parallel_logprobs(
+    def loss_func(mb, logits):  # logits [b, S, V/TP], or log-probs [b, S] if fused_lm_head
+        lp = logits if fused_lm_head else vocab_parallel_logprobs(
             logits, mb["labels"], ps.get_tensor_model_parallel_group(), logprob_chunk_size, inference_only=True
         )
         return lp.new_zeros(()), {"logprobs": lp}
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        return model(*_model_inputs(mb)), partial(loss_func, mb)
+        return _model_output(model, mb, fused_lm_head, logprob_chunk_size, inference_only=True), partial(loss_func, mb)
 
     with torch.no_grad():
         outputs = get_forward_backward_func()(

@@ -53,7 +53,11 @@ def test_memory_terms_of_the_qwen2_5_32b_gsm8k_recipe_by_hand():
     assert "reference model" not in train  # GIFT's default baseline is pi_old
     s, b, h, f, tp = 2048, 2, 5120, 27648, 8
     assert train["activations"] == pytest.approx(s * b * h * (18 + 6 * f / h) / tp * 64 + 8 * s * b)
-    assert train["logits + log-prob work"] == pytest.approx(2 * b * s * 152064 / tp + 8 * 256 * 152064 / tp)
+    # parallel.fused_lm_head_logprobs (default): one bf16 [256, V/TP] chunk of logits and its fp32 copy
+    assert train["logits + log-prob work"] == pytest.approx((2 + 4) * 256 * 152064 / tp)
+    unfused = preflight.estimate(load("gift_qwen32b", ["parallel.fused_lm_head_logprobs=false"]), {0: P})[0]
+    unfused_train = {t.name: t.bytes for t in unfused.phases["train"]}
+    assert unfused_train["logits + log-prob work"] == pytest.approx(2 * b * s * 152064 / tp + 8 * 256 * 152064 / tp)
     rollout = {t.name: t.bytes for t in stage.phases["rollout"]}
     free = 80 * GIB - 2 * GIB - (2 + 4 + 3) * P - 2 * P
     assert rollout["KV cache (TRT-LLM)"] == pytest.approx(0.4 * free)
