@@ -33,7 +33,8 @@ class MiniBatchStep:
 
     batch: Mapping[str, torch.Tensor]
     """The mini-batch: ``tokens``, ``labels``, ``loss_mask`` [n, S], ``advantages`` [n],
-    ``group_index`` [n] (0..k-1) and the log-probs of :attr:`Algorithm.logprobs` [n, S]."""
+    ``group_index`` [n] (0..k-1) and the log-probs of :attr:`Algorithm.logprobs` [n, S], except
+    pi_old's when it comes from the training forward (``gift.old_policy_source``)."""
     num_groups: int
     """k, the groups (prompts) of the mini-batch."""
     group_size: int
@@ -79,10 +80,13 @@ def _gift_objective(options: GiftLossConfig, step: MiniBatchStep) -> Optional[Ob
         # Micro-batches split groups: take the (detached) group statistics of s from a
         # forward-only pass at this step's weights, which every micro-batch shares.
         b = step.batch
-        s_now = implicit_rewards(
-            step.policy.logprobs(b), b["baseline_logprobs"], b["loss_mask"],
-            options.implicit_reward, options.length_exponent,
-        )  # [n]
+        if "baseline_logprobs" in b:
+            s_now = implicit_rewards(
+                step.policy.logprobs(b), b["baseline_logprobs"], b["loss_mask"],
+                options.implicit_reward, options.length_exponent,
+            )  # [n]
+        else:  # the baseline is pi_old from this step's own training forward: s = 0 exactly
+            s_now = torch.zeros(rows, dtype=torch.float32)  # [n]
         moments = group_moments(s_now, b["group_index"], step.num_groups)
     return gift_objective(options, num_pairs=rows - dropped, num_groups=step.num_groups, implicit_moments=moments)
 
