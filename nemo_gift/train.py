@@ -309,7 +309,7 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
         gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
         pad_multiple=cfg.parallel.sequence_pad_multiple,
         reuse_engine_logprobs=r.engine == "torch" and (r.reuse_engine_logprobs if r.reuse_engine_logprobs is not None
-                                                       else cfg.parallel.params_dtype == "float32"),
+                                                       else cfg.parallel.params_dtype == "float32" and t.algorithm != "gift"),
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(

@@ -221,8 +221,10 @@ class RolloutConfig:
     """The torch engine's log-probs of the sampled tokens under the unmodified logits serve as
     pi_old when more than one optimizer step takes a rollout batch (with one, the training forward
     gives pi_old). None: on for ``torch`` with fp32 parameters (within 1e-5 of the trainer's forward;
-    5.8e-3 in bf16, measured on CPU), else off. TensorRT-LLM refuses it: its kernels and refit weights
-    are not the trainer's numerics, and its log-probs lack tokens outside its top-k."""
+    5.8e-3 in bf16, measured on CPU) and an algorithm other than GIFT, whose z divides s by its
+    group std (floored at 0.01), so a 1e-6 error moves its trajectory by up to 1e-3; else off.
+    TensorRT-LLM refuses it: its kernels and refit weights are not the trainer's numerics, and its
+    log-probs lack tokens outside its top-k."""
 
     def __post_init__(self):
         check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
