@@ -309,6 +309,8 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
                                      stop_token_ids=stop),
         algorithm_options=cfg.algorithm_options, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
         pad_multiple=cfg.parallel.sequence_pad_multiple, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
+        reuse_engine_logprobs=r.engine == "torch" and (r.reuse_engine_logprobs if r.reuse_engine_logprobs is not None
+                                                       else cfg.parallel.params_dtype == "float32" and algorithm.engine_logprobs_by_default),
     )
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(

@@ -312,6 +312,37 @@ def fused_lm_head_memory(state: dict) -> str:
     return detail
 
 
+@check("engine_pi_old_cuda", "the torch engine's policy log-probs (rollout.reuse_engine_logprobs) against the "
+       "trainer's recomputed forward on CUDA: within 1e-5 in fp32; the bf16 gap is printed (issue 20)")
+def engine_pi_old_cuda(state: dict) -> str:
+    import torch
+
+    from nemo_gift.algorithms.interfaces import SamplingConfig
+    from nemo_gift.algorithms.rollout import build_token_batch
+    from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+
+    _process_group()
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17]]
+    sampling = SamplingConfig(max_new_tokens=32, temperature=0.7, top_k=50, seed=1)
+    gaps = {}
+    for dtype in ("float32", "bfloat16"):
+        layout = ParallelConfig(transformer_impl=_impl(), params_dtype=dtype)
+        parallel.initialize(layout, seed=0)
+        policy = MegatronPolicy(_tiny_qwen2(), layout, micro_batch_size=4, with_reference=False)
+        out = TorchGenerationEngine(policy.module, _tiny_qwen2()).generate(prompts, 4, sampling)
+        responses = out.responses()
+        lps = [row[: len(r)].tolist() for row, r in zip(out.policy_logprobs, responses)]
+        batch = build_token_batch(prompts, responses, out.prompt_index.tolist(), 0, lps, 8)
+        gap = (policy.logprobs(batch) - batch["rollout_logprobs"]).abs()[batch["loss_mask"]]
+        gaps[dtype] = float(gap.max())
+    if gaps["float32"] > 1e-5:
+        raise AssertionError(f"fp32 engine log-probs off the recomputed forward by {gaps['float32']:.2e}")
+    return f"{_impl()} spec; max |engine - recomputed| fp32 {gaps['float32']:.2e}, bf16 {gaps['bfloat16']:.2e}"
+
+
 def _launch(run_dir: str, overrides: list[str], timeout: float) -> list[dict]:
     """``launcher/run.py conf=gift_tiny run_dir=RUN_DIR OVERRIDES`` (no progress bar, TensorBoard or
     plots); its metrics.jsonl records. A failure prints the run's output tail on stderr."""

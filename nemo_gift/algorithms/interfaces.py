@@ -179,12 +179,18 @@ class GenerationOutput:
     """``[N]`` int64 index of each response's prompt (``r // n``)."""
     pad_token_id: int = 0
     """The id used for padding in ``tokens``."""
+    policy_logprobs: torch.Tensor | None = None
+    """``[N, T]`` float32 ``log_softmax(logits)[token]`` of the UNMODIFIED logits (temperature 1,
+    no top-k/top-p): the policy's own log-probs, pi_old for the trainer; 0 on padding. Only an
+    engine that runs the trainer's weights in the trainer's numerics reports them (the torch
+    engine); None otherwise."""
 
     def __post_init__(self):
         n_rows = self.tokens.shape[0]
         shapes_ok = (
             self.tokens.dim() == 2
             and self.logprobs.shape == self.tokens.shape
+            and (self.policy_logprobs is None or self.policy_logprobs.shape == self.tokens.shape)
             and self.lengths.shape == (n_rows,)
             and self.prompt_index.shape == (n_rows,)
             and len(self.finish_reasons) == n_rows

@@ -152,6 +152,7 @@ def gift_loss(
     adv, zero_std = _advantages(rewards, advantages, gi, k, cfg.eps, cfg.unbiased_std, s.dtype)  # [N], [K]
     if implicit_moments is None:
         implicit_moments = group_moments(s, gi, k, all_reduce=moments_all_reduce)  # count, mean, m2: [K] each
+    implicit_moments = GroupMoments(*(t.to(s.dtype) for t in implicit_moments))  # the guard's floor in s's dtype
     zs = zscore_from_moments(  # z [N]; mean, std, degenerate [K]
         s,
         gi,

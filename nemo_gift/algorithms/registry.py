@@ -36,7 +36,8 @@ class MiniBatchStep:
 
     batch: Mapping[str, torch.Tensor]
     """The mini-batch: ``tokens``, ``labels``, ``loss_mask`` [n, S], ``advantages`` [n],
-    ``group_index`` [n] (0..k-1) and the log-probs of :attr:`Algorithm.logprobs` [n, S]."""
+    ``group_index`` [n] (0..k-1) and the log-probs of :attr:`Algorithm.logprobs` [n, S], except
+    pi_old's when it comes from the training forward (``gift.old_policy_source``)."""
     num_groups: int
     """k, the groups (prompts) of the mini-batch."""
     group_size: int
@@ -71,6 +72,11 @@ class Algorithm:
     (a :class:`nemo_gift.config.schema.RunConfig`), run by its ``validate``; raises
     :class:`~nemo_gift.utils.convert.ConfigError` naming the keys."""
 
+    engine_logprobs_by_default: bool = True
+    """Whether ``rollout.reuse_engine_logprobs: null`` lets the torch engine's fp32 log-probs
+    stand in for pi_old (within 1e-5 of the trainer's forward). GIFT says no: its z divides s by
+    a group std floored at 0.01, so a 1e-6 error moves its trajectory by up to 1e-3."""
+
     def needs_reference(self, options) -> bool:
         """Whether the run must keep the frozen reference model."""
         return any(self.logprobs(options).values())
@@ -90,10 +96,13 @@ def _gift_objective(options: GiftLossConfig, step: MiniBatchStep) -> Optional[Ob
         # Micro-batches split groups: take the (detached) group statistics of s from a
         # forward-only pass at this step's weights, which every micro-batch shares.
         b = step.batch
-        s_now = implicit_rewards(
-            step.policy.logprobs(b), b["baseline_logprobs"], b["loss_mask"],
-            options.implicit_reward, options.length_exponent,
-        )  # [n]
+        if "baseline_logprobs" in b:
+            s_now = implicit_rewards(
+                step.policy.logprobs(b), b["baseline_logprobs"], b["loss_mask"],
+                options.implicit_reward, options.length_exponent,
+            )  # [n]
+        else:  # the baseline is pi_old from this step's own training forward: s = 0 exactly
+            s_now = torch.zeros(rows, dtype=torch.float32)  # [n]
         moments = group_moments(s_now, b["group_index"], step.num_groups)
     return gift_objective(options, num_pairs=rows - dropped, num_groups=step.num_groups, implicit_moments=moments)
 
@@ -126,7 +135,8 @@ def _grpo_objective(options: GrpoLossConfig, step: MiniBatchStep) -> Objective:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "gift": Algorithm(options=GiftLossConfig, logprobs=_gift_logprobs, objective=_gift_objective, check=_gift_check),
+    "gift": Algorithm(options=GiftLossConfig, logprobs=_gift_logprobs, objective=_gift_objective, check=_gift_check,
+                      engine_logprobs_by_default=False),
     "grpo": Algorithm(options=GrpoLossConfig, logprobs=_grpo_logprobs, objective=_grpo_objective),
 }
 """The algorithms ``trainer.algorithm`` may name."""

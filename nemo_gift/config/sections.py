@@ -222,6 +222,14 @@ class RolloutConfig:
     """0 is greedy decoding: pass@1 at evaluation."""
     trtllm_gpu_memory_fraction: float = 0.5
     """Share of free GPU memory the TensorRT-LLM KV cache may take."""
+    reuse_engine_logprobs: bool | None = None
+    """The torch engine's log-probs of the sampled tokens under the unmodified logits serve as
+    pi_old when more than one optimizer step takes a rollout batch (with one, the training forward
+    gives pi_old). None: on for ``torch`` with fp32 parameters (within 1e-5 of the trainer's forward;
+    5.8e-3 in bf16, measured on CPU) and an algorithm whose registry entry allows it
+    (``engine_logprobs_by_default``: GRPO yes, GIFT no); else off.
+    TensorRT-LLM refuses it: its kernels and refit weights are not the trainer's numerics, and its
+    log-probs lack tokens outside its top-k."""
 
     def __post_init__(self):
         check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
@@ -237,6 +245,9 @@ class RolloutConfig:
         check_range("rollout.eval_temperature", self.eval_temperature, low=0)
         check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,
                     low_open=True)
+        if self.reuse_engine_logprobs and self.engine == "trtllm":
+            raise ConfigError("rollout.reuse_engine_logprobs=true needs rollout.engine=torch: TensorRT-LLM's "
+                              "log-probs are not the trainer's pi_old; set it false or null")
 
 
 @dataclasses.dataclass

@@ -209,7 +209,8 @@ def test_a_new_loss_is_a_function_and_a_registry_entry(monkeypatch, tmp_path):
     assert metrics["train/optimizer_steps"] == 1
     assert metrics["train/loss"] == pytest.approx(float(expected), rel=1e-6)  # A is float32
     assert metrics["train/old_mean"] == pytest.approx(float(before.mean()), rel=1e-12)
-    torch.testing.assert_close(policy.seen[0]["old_logprobs"], before)
+    assert "old_logprobs" not in policy.seen[0]  # one step per batch: from the training forward
+    assert metrics["logprobs/pi_old_from_training_forward"] == 1.0
 
 
 class RowByRowPolicy(LinearPolicy):
@@ -237,3 +238,83 @@ def test_a_token_budget_gives_gift_the_mini_batch_group_statistics():
         runs[name] = (metrics["train/loss"], policy.w.detach().clone())
     assert runs["rows"][0] == pytest.approx(runs["whole"][0], rel=1e-12)
     torch.testing.assert_close(runs["rows"][1], runs["whole"][1], rtol=1e-12, atol=1e-12)
+
+
+class CountingPolicy(LinearPolicy):
+    """LinearPolicy that counts its forward-only passes."""
+
+    def __init__(self, n: int):
+        super().__init__(n)
+        self.forwards = 0
+
+    def logprobs(self, batch, *, reference=False):
+        self.forwards += 1
+        return super().logprobs(batch, reference=reference)
+
+
+def _run(algorithm, options, mini_batch_prompts, *, source=None, micro_batch_size=None, reuse=False, monkeypatch=None):
+    """update() on 16 rows (4 groups); ``source`` forces where pi_old comes from."""
+    from nemo_gift.algorithms import gift
+
+    if source is not None:
+        monkeypatch.setattr(gift, "old_policy_source", lambda *args: source)
+    n = 16
+    policy = CountingPolicy(n)
+    batch = _batch(n)
+    batch["rollout_logprobs"] = policy.logprobs(batch) + 1e-3 * torch.randn(n, S, generator=torch.Generator().manual_seed(2),
+                                                                           dtype=torch.float64)  # an engine's, off by 1e-3
+    policy.forwards = 0
+    cfg = dataclasses.replace(_cfg(algorithm, mini_batch_prompts, **options), reuse_engine_logprobs=reuse)
+    if micro_batch_size is not None:
+        cfg = dataclasses.replace(cfg, micro_batch_size=micro_batch_size)
+    rewards = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 1, 0, 0])
+    metrics = update(_parts(policy), cfg, batch, rewards)
+    if source is not None:
+        monkeypatch.undo()
+    return metrics, policy
+
+
+CASES = [
+    ("gift", {"gift": GiftLossConfig()}),
+    ("gift", {"gift": GiftLossConfig(implicit_reward="kl_average", detach_implicit_stats=False)}),
+    ("grpo", {"grpo": GrpoLossConfig(beta_kl=0.0)}),
+]
+
+
+@pytest.mark.parametrize("algorithm, options", CASES)
+@pytest.mark.parametrize("micro_batch_size", [None, 6])  # 6: micro-batches split groups (GIFT's moments pass)
+def test_pi_old_from_the_training_forward_is_exactly_the_recomputed_one(algorithm, options, micro_batch_size,
+                                                                        monkeypatch):
+    """One optimizer step per rollout batch: the step with pi_old = sg(log pi) of the training
+    forward is the step with pi_old recomputed, to the bit, and runs no pi_old forward."""
+    own, own_policy = _run(algorithm, options, 4, micro_batch_size=micro_batch_size)
+    ref, ref_policy = _run(algorithm, options, 4, source="recomputed", micro_batch_size=micro_batch_size,
+                           monkeypatch=monkeypatch)
+    assert own["logprobs/pi_old_from_training_forward"] == 1.0 and ref["logprobs/pi_old_from_recomputed"] == 1.0
+    assert own["train/optimizer_steps"] == ref["train/optimizer_steps"] == 1
+    assert torch.equal(own_policy.w, ref_policy.w)
+    assert own["train/loss"] == ref["train/loss"]
+    gift_moments = algorithm == "gift" and micro_batch_size is not None
+    assert own_policy.forwards == 0 and ref_policy.forwards == 1 + gift_moments
+    assert not torch.equal(own_policy.w, LinearPolicy(16).w)  # the step moved the weights
+
+
+@pytest.mark.parametrize("algorithm, options", CASES)
+def test_engine_logprobs_serve_as_pi_old_after_the_first_step(algorithm, options):
+    """Two optimizer steps per batch with reuse_engine_logprobs: the first reads the training
+    forward, the second the engine's log-probs (``rollout_logprobs``); no pi_old forward runs."""
+    metrics, policy = _run(algorithm, options, 2, reuse=True)
+    key = "baseline_logprobs" if algorithm == "gift" else "old_logprobs"
+    assert metrics["logprobs/pi_old_from_engine"] == 1.0 and metrics["train/optimizer_steps"] == 2
+    assert policy.forwards == 0
+    first, second = policy.seen
+    assert key not in first
+    assert torch.equal(second[key], second["rollout_logprobs"])
+    off, _ = _run(algorithm, options, 2)  # reuse off: recomputed
+    assert off["logprobs/pi_old_from_recomputed"] == 1.0
+
+
+def test_the_reference_baseline_reports_no_pi_old_source():
+    metrics, policy = _run("gift", {"gift": GiftLossConfig(implicit_baseline="reference")}, 4)
+    assert not [k for k in metrics if k.startswith("logprobs/pi_old_from")]
+    assert policy.forwards == 1  # pi_ref
