@@ -89,13 +89,14 @@ def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None, str | No
 def prompt_sets_digest(cfg) -> str | None:
     """sha256 (16 hex digits) of the prompts and keys of every set the run trains and scores on
     (RL, held-out, train-eval and the extra sets such as the wrong-key slice), as
-    nemo_gift.train.build_task builds them; None for datasets other than the synthetic arithmetic.
+    nemo_gift.data.task.build_task builds them; None for datasets other than the synthetic arithmetic.
     Code that changes a set (a new wrong key) changes it while the config stays the same."""
-    from nemo_gift.train import build_task
+    from nemo_gift.data.task import build_task
+    from nemo_gift.train import task_spec
 
     if cfg.data.dataset != "arithmetic":
         return None
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     sets = {"train": task.train_records, "eval": task.eval_records, "train_eval": task.train_eval_records,
             **{f"extra/{k}": v for k, v in sorted(task.extra_eval_records.items())}}
     blob = json.dumps({k: [[r.prompt, r.ground_truth] for r in v] for k, v in sets.items()})

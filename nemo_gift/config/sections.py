@@ -15,13 +15,11 @@ import torch
 
 from nemo_gift.algorithms.interfaces import SamplingConfig, check_sampling
 from nemo_gift.algorithms.registry import ALGORITHMS
+from nemo_gift.data.records import DatasetName
+from nemo_gift.data.synthetic import ArithmeticConfig
 from nemo_gift.utils.checks import check_choice, check_path, check_range, check_writable_dir
 from nemo_gift.utils.convert import ConfigError
 
-DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_instruct"]
-
-# The verifier each dataset is scored with, unless reward.verifier says otherwise.
-DEFAULT_VERIFIER = {"arithmetic": "arithmetic", "gsm8k": "gsm8k", "math": "math", "dapo": "dapo", "aime": "aime"}
 MAX_SEED = 2**32 - 1
 """Seeds are non-negative 32-bit integers (numpy's limit; offsets are added to them)."""
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -66,49 +64,12 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass
-class ArithmeticTaskConfig:
-    """The synthetic CPU task: the fields of nemo_gift.data.synthetic.ArithmeticConfig, by name."""
-
-    min_digits: int = 1
-    max_digits: int = 3
-    operators: list[Literal["+", "-", "*"]] = dataclasses.field(default_factory=lambda: ["+"])
-    reverse_answer: bool = False
-    heldout_fraction: float = 0.05
-    teacher_carry_drop: float = 0.0
-    """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
-    scratchpad_rate: float = 0.0
-    """Share of SFT demonstrations of ``+`` written as ``<sum reversed> <answer>`` (score them with
-    ``reward.verifier=arithmetic_scratchpad``, which reads the last field only)."""
-    pool_size: int | None = None
-    """RL prompts, distinct and stratified by difficulty, also the train-eval set
-    (nemo_gift/data/arithmetic_sets.py); None: a stream of training prompts with repeats."""
-    wrong_key_prompts: int = 0
-    """Extra RL prompts keyed with the carry-less answer, scored as ``memo/pass@1`` (needs a pool)."""
-
-    def __post_init__(self):
-        self.task_config()
-
-    def task_config(self):
-        """The nemo_gift.data.synthetic.ArithmeticConfig of these fields (it checks their values)."""
-        from nemo_gift.data.synthetic import ArithmeticConfig
-
-        try:
-            return ArithmeticConfig(**dataclasses.asdict(self))
-        except ValueError as err:
-            raise ConfigError(f"data.arithmetic: {err}") from None
-
-    def shortest_prompt(self) -> int:
-        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
-        return 2 * self.min_digits + 3
-
-
-@dataclasses.dataclass
 class DataConfig:
-    dataset: DatasetKind = "arithmetic"
+    dataset: DatasetName = DatasetName.ARITHMETIC
     """Training prompts' schema."""
     train_path: str | None = None
     """Local jsonl / parquet / save_to_disk directory (not needed for ``arithmetic``)."""
-    eval_dataset: DatasetKind | None = None
+    eval_dataset: DatasetName | None = None
     """Held-out schema; defaults to ``dataset`` (e.g. ``aime`` for DAPO training)."""
     eval_path: str | None = None
     """Held-out prompts (not needed for ``arithmetic``: its held-out split is generated)."""
@@ -122,7 +83,7 @@ class DataConfig:
     max_prompt_length: int = 1024
     """Longer prompts are filtered out of the training and held-out prompts (in tokens, template
     included), with a count in the log; no prompt left is an error."""
-    arithmetic: ArithmeticTaskConfig = dataclasses.field(default_factory=ArithmeticTaskConfig)
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
     """The synthetic task's settings (``dataset: arithmetic``); ignored by the real datasets."""
 
     def __post_init__(self):
@@ -181,7 +142,7 @@ class RewardConfig:
             if data.dataset == "arithmetic":
                 raise ConfigError("reward.kind=reward_model does not score data.dataset=arithmetic; use its verifier")
             return
-        verifier = self.verifier or DEFAULT_VERIFIER.get(data.dataset)
+        verifier = self.verifier or DatasetName(data.dataset).verifier
         if verifier is None:
             raise ConfigError(
                 f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model"
@@ -189,7 +150,7 @@ class RewardConfig:
         if data.dataset == "arithmetic":
             from nemo_gift.data.synthetic import ArithmeticTask
 
-            wanted = ArithmeticTask(data.arithmetic.task_config()).verifier_name  # the task's own answer format
+            wanted = ArithmeticTask(data.arithmetic).verifier_name  # the task's own answer format
             if self.verifier is not None and self.verifier != wanted:
                 a = data.arithmetic
                 raise ConfigError(

@@ -59,6 +59,8 @@ from nemo_gift.data.records import DatasetName, PromptRecord
 from nemo_gift.rewards.arithmetic import ArithmeticVerifier
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+SPLIT_SALT = "nemo_gift.arith.v1"
+"""The default salt of the split hash (:meth:`ArithmeticTask.split_of`)."""
 DEFAULT_ALPHABET = "0123456789+-*= "
 
 
@@ -141,21 +143,20 @@ class Split(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ArithmeticConfig:
-    """Difficulty knobs of the synthetic task."""
+    """Difficulty knobs of the synthetic task; also the run config's ``data.arithmetic`` section
+    (``operators`` is written ``["+", "-"]`` there, and its errors name ``data.arithmetic``);
+    :class:`ArithmeticTask` holds the two knobs that are not run config keys."""
 
     min_digits: int = 1
     """Fewest digits of an operand."""
     max_digits: int = 3
     """Most digits of an operand (each operand's length is uniform in [min, max])."""
     operators: tuple[Operator, ...] = (Operator.ADD,)
+    """The operators a problem draws from, uniformly."""
     reverse_answer: bool = False
     """Write the answer least-significant digit first (much easier)."""
-    allow_negative: bool = False
-    """For SUB: allow a < b (negative answers); otherwise the operands are ordered."""
     heldout_fraction: float = 0.05
     """Share of the problem space that is held out."""
-    split_salt: str = "nemo_gift.arith.v1"
-    """Changing it reshuffles which problems are held out."""
     teacher_carry_drop: float = 0.0
     """Share of the supervised (SFT) demonstrations of ``+`` written by a flawed teacher that
     drops every carry (``58+67`` -> ``15``, digit-wise sums mod 10). RL rewards stay exact."""
@@ -193,12 +194,21 @@ class ArithmeticConfig:
         if self.wrong_key_prompts < 0 or (self.wrong_key_prompts and self.pool_size is None):
             raise ValueError(f"wrong_key_prompts={self.wrong_key_prompts} must be >= 0, and > 0 only with a pool_size")
 
+    def shortest_prompt(self) -> int:
+        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
+        return 2 * self.min_digits + 3
+
 
 @dataclass(frozen=True)
 class ArithmeticProblem:
+    """One problem ``a op b``."""
+
     a: int
+    """The left operand."""
     op: Operator
+    """The operator."""
     b: int
+    """The right operand."""
 
     @property
     def answer(self) -> int:
@@ -262,10 +272,17 @@ def format_answer(value: int, reverse: bool = False) -> str:
 
 
 class ArithmeticTask:
-    """Seeded problems, splits, records and SFT examples for the synthetic task."""
+    """Seeded problems, splits, records and SFT examples for the synthetic task.
 
-    def __init__(self, config: ArithmeticConfig | None = None) -> None:
+    Two knobs are not in :class:`ArithmeticConfig` (so not in the run config): ``allow_negative``
+    lets SUB draw a < b (negative answers; otherwise the operands are ordered), and changing
+    ``split_salt`` reshuffles which problems are held out."""
+
+    def __init__(self, config: ArithmeticConfig | None = None, *, allow_negative: bool = False,
+                 split_salt: str = SPLIT_SALT) -> None:
         self.config = config or ArithmeticConfig()
+        self.allow_negative = allow_negative
+        self.split_salt = split_salt
         self.tokenizer = CharTokenizer()
 
     @property
@@ -279,7 +296,7 @@ class ArithmeticTask:
                                   final_field_only=self.config.scratchpad_rate > 0)
 
     def split_of(self, problem: ArithmeticProblem) -> Split:
-        digest = hashlib.blake2b(f"{self.config.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{self.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
         u = int.from_bytes(digest, "big") / 2.0**64
         return Split.HELDOUT if u < self.config.heldout_fraction else Split.TRAIN
 
@@ -292,7 +309,7 @@ class ArithmeticTask:
         """One problem from the task distribution (either split)."""
         a, b = self._operand(rng), self._operand(rng)
         op = rng.choice(self.config.operators)
-        if op is Operator.SUB and not self.config.allow_negative and a < b:
+        if op is Operator.SUB and not self.allow_negative and a < b:
             a, b = b, a
         return ArithmeticProblem(a, op, b)
 

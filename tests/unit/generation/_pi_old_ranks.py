@@ -70,7 +70,7 @@ def _one_update(policy, batch, rewards, algorithm, source, mini_batch_prompts):
     cfg = gift.LoopConfig(
         algorithm=algorithm, max_steps=1, group_size=G, mini_batch_prompts=mini_batch_prompts, micro_batch_size=2 * G,
         eval_every=0, checkpoint_every=0, keep_last=1, sampling=SAMPLINGS["plain"], eval_sampling=SAMPLINGS["plain"],
-        gift=GiftLossConfig(), grpo=GrpoLossConfig(beta_kl=0.0),
+        algorithm_options={"gift": GiftLossConfig(), "grpo": GrpoLossConfig(beta_kl=0.0)},
     )
     original = gift.old_policy_source
     gift.old_policy_source = lambda *args: source

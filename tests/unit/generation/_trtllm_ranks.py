@@ -77,11 +77,12 @@ def reference(rank: int, world_size: int, raw: dict, checkpoints: dict[str, str]
     from nemo_gift.algorithms.interfaces import SamplingConfig
     from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
     from nemo_gift.models.policy.config import ParallelConfig
-    from nemo_gift.train import build_task
+    from nemo_gift.data.task import build_task
+    from nemo_gift.train import task_spec
 
     cfg = load_run_config(raw, cuda=False)
     parallel.initialize(ParallelConfig(), seed=0)
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     out = {"digests": {}, "greedy": {}}
     for name, ckpt in checkpoints.items():
         model, hf = _hf_weights_of(ckpt, cfg.model)
