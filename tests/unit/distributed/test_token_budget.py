@@ -21,6 +21,11 @@ pytestmark = pytest.mark.distributed
 
 G, K, SEQ, PROMPT = 4, 4, 32, 6  # N = 16 rows of 6 + 1..26 tokens
 BUDGET, TOL = 72, 1e-5
+# Weights after Adam steps at lr 1e-2: Adam moves a weight by about lr * m / sqrt(v), close to
+# +-lr wherever |g| is tiny, so a gradient rounding difference of 1e-7 (another GEMM shape, the
+# fused LM head's chunking) shows as up to ~1e-5 there; 5e-5 is 0.5% of one step, while a wrong
+# gradient moves weights by ~lr. Losses and log-probs keep TOL.
+WEIGHT_TOL = 5e-5
 LAYOUTS = [(1, 1, 1), (2, 1, 2), (1, 2, 1), (2, 2, 4)]  # (tp, pp, pad multiple)
 
 
@@ -208,7 +213,7 @@ def test_policy_with_a_token_budget_trains_like_the_fixed_micro_batches():
             fixed, packed = out[(pp, None)], out[(pp, 32)]
             assert (fixed["logprobs"] - packed["logprobs"]).abs().max() <= TOL
             assert fixed["losses"] == pytest.approx(packed["losses"], abs=TOL)
-            assert max((fixed["weights"][k] - packed["weights"][k]).abs().max() for k in fixed["weights"]) <= TOL
+            assert max((fixed["weights"][k] - packed["weights"][k]).abs().max() for k in fixed["weights"]) <= WEIGHT_TOL
             assert fixed["padding_frac"] == pytest.approx(1 - real / (8 * 16))
         # Budget 32, pad multiple 1, the fewest runs then the fewest tokens. DP=2: rank 0 rows 16, 5, 4, 3 ->
         # [16] [5, 4, 3] = 16 + 15 tokens; rank 1 rows 14, 9, 6, 2 -> [14, 9] [6, 2] = 28 + 12.

@@ -18,6 +18,11 @@ from tests.unit.generation import _pi_old_ranks as ranks
 pytestmark = pytest.mark.distributed
 
 TOL = 1e-5
+# Weights after Adam steps at lr 1e-2: Adam moves a weight by about lr * m / sqrt(v), close to
+# +-lr wherever |g| is tiny, so a gradient rounding difference of 1e-7 (another GEMM shape, the
+# fused LM head's chunking) shows as up to ~1e-5 there; 5e-5 is 0.5% of one step, while a wrong
+# gradient moves weights by ~lr. Losses and log-probs keep TOL.
+WEIGHT_TOL = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -53,4 +58,4 @@ def test_a_step_with_pi_old_from_the_engine_is_the_recomputed_step_within_tolera
     assert loss == pytest.approx(loss_ref, abs=TOL, rel=TOL)
     norm, norm_ref = results[f"{algorithm}/engine/grad_norm"]
     assert norm == pytest.approx(norm_ref, rel=1e-4)
-    assert results[f"{algorithm}/engine/weights_max_diff"] <= TOL
+    assert results[f"{algorithm}/engine/weights_max_diff"] <= WEIGHT_TOL
