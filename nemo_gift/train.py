@@ -102,6 +102,8 @@ def sft_inputs(cfg: RunConfig, world_size: int) -> dict:
         "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")},
         "clip_grad": cfg.optim.clip_grad, "micro_batch_size": cfg.trainer.micro_batch_size,
         "logprob_chunk_size": cfg.trainer.logprob_chunk_size,
+        "fused_lm_head_logprobs": cfg.parallel.fused_lm_head_logprobs,
+        "max_tokens_per_micro_batch": cfg.trainer.max_tokens_per_micro_batch,
     }
 
 
