@@ -1,19 +1,23 @@
 """The CPU experiment's plots (``docs/img/gift_vs_grpo.png``, ``docs/img/ablations.png``), drawn
 from an :class:`experiments.report.Experiment`: a metric's mean over seeds vs step, shaded
-+- one standard deviation (:func:`mean_curve`). experiments/report.py calls them.
++- one standard deviation (:func:`mean_curve`). experiments/report.py calls them; this module
+reads its ``Experiment`` and ``SeedRun`` by their fields only (``runs``, ``records``, ``label``,
+``out``), so it imports nothing back from report.py.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from experiments import claims as cl
 from nemo_gift.utils.logger import series
 
-if TYPE_CHECKING:
-    from experiments.report import Experiment, SeedRun
+SeedRun = Any
+"""An :class:`experiments.report.SeedRun` (``seed``, ``records``, ``config``)."""
+Experiment = Any
+"""An :class:`experiments.report.Experiment`."""
 
 
 def mean_curve(runs: list[SeedRun], key: str | Callable, smooth: int = 1) -> tuple[list[int], list[float], list[float]]:
