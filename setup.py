@@ -57,6 +57,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
     "gpu": ["transformer-engine[pytorch]>=2.8,<2.21", "tensorrt-llm==1.2.1", "ray>=2.48,<3"],
+    "bench": ["trl>=1.16,<2"],  # benchmarks/rl_step.py --peer trl only; never a test dependency
     "slurm": ["nemo-run>=0.11.1,<0.12", "leptonai>=0.26,<0.47"],
 }
 

@@ -10,7 +10,7 @@ Setup (issue 6): a tiny Qwen2, by default the project's own (``conf/model/tiny.y
 128 new tokens each, pure sampling (temperature 1, no top-k/top-p), no stop token, so every
 engine produces exactly 64 x 128 tokens. One gloo rank at TP=1 (megatron-core needs its
 process groups). The same weights everywhere: the megatron-core model is built from a seed,
-then exported through ``nemo_gift.export.mapping.export_hf_tensors`` into a
+then exported through ``nemo_gift.models.policy.hf_weights.export_hf_tensors`` into a
 ``Qwen2ForCausalLM`` (``model_config_to_hf_config``). Before timing, greedy decoding of both is
 compared token for token (printed: it says that the two run the same model).
 
@@ -138,9 +138,9 @@ def run(rank: int, world_size: int, args) -> dict:
     """Build the model, check greedy agreement with transformers, time every engine."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from nemo_gift.distributed import parallel
-    from nemo_gift.export.mapping import export_hf_tensors, model_config_to_hf_config
-    from nemo_gift.models.generation.interfaces import SamplingConfig
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors, model_config_to_hf_config
+    from nemo_gift.algorithms.interfaces import SamplingConfig
     from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ParallelConfig

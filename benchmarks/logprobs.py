@@ -1,7 +1,12 @@
 """Benchmark: per-token log-probs from vocab-parallel logits, forward + backward, TP=2 on gloo.
 
-    .venv/bin/python benchmarks/logprobs.py            # about a minute on 2 CPU cores
-    .venv/bin/python benchmarks/logprobs.py --reps 9 --chunk 128
+    .venv/bin/python benchmarks/logprobs.py            # both parts, a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/logprobs.py --part logits --reps 9 --chunk 128
+    .venv/bin/python benchmarks/logprobs.py --part head --rows 2048 --hidden 256
+
+Part ``logits`` (below) starts from the logits; part ``head`` (issue 20, :func:`_head_rank`)
+starts from the hidden states and the LM head's weight: the fused path against megatron-core's
+cross-entropy with the logits it needs.
 
 Setup (issue 4): V = 32768 split over TP = 2 ranks (V/TP = 16384), B x T = 4 x 512 rows,
 bf16 and fp32 logits, an upstream gradient of ones' scale on every position. Compared:
@@ -42,6 +47,7 @@ bounded by the chunk: its peak minus (logits + gradient) is printed against chun
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -72,10 +78,20 @@ def _methods(group, chunk):
     }
 
 
+def _timed(run) -> float:
+    """Seconds of ``run()``, the max over the ranks (a barrier first)."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    run()
+    elapsed = torch.tensor([time.perf_counter() - t0])
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return elapsed.item()
+
+
 def _bench_rank(rank, world_size, reps, chunk):
     from megatron.core import parallel_state as ps
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.config import ParallelConfig
 
     parallel.initialize(ParallelConfig(tensor_model_parallel_size=TP))
@@ -99,12 +115,7 @@ def _bench_rank(rank, world_size, reps, chunk):
                 if name == "naive" and rep:
                     continue
                 _, run = step(fn)
-                dist.barrier()
-                t0 = time.perf_counter()
-                run()
-                elapsed = torch.tensor([time.perf_counter() - t0])
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                times[name].append(elapsed.item())
+                times[name].append(_timed(run))
                 del run
         for name, fn in methods.items():
             logits, run = step(fn)
@@ -144,16 +155,132 @@ def _table(rows, chunk) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- part "head" (issue 20)
+HEAD_VOCABS = (
+    (32768, "V=32k over TP=2"),
+    (152064 // 8 * TP, "Qwen V=152k/8 per rank (TP=8's shard, on TP=2)"),
+)
+"""(V, label): the vocabularies of the head part. The second gives each of the TP=2 ranks the
+19008-row shard that Qwen2.5's 152064 tokens have under TP=8: per-rank memory and GEMMs are
+TP=8's, the two small collectives run over 2 ranks instead of 8."""
+
+
+def _head_methods(group, chunk):
+    """name -> fn(hidden [R, H], weight shard [V/TP, H], target [R]) -> log-probs [R]."""
+    from megatron.core import tensor_parallel
+
+    from nemo_gift.distributed.fused_logprobs import fused_linear_logprobs
+    from nemo_gift.distributed.logprobs import vocab_parallel_logprobs
+
+    return {
+        # megatron-core's LM head GEMM, then its cross-entropy (which overwrites the logits)
+        "mcore logits + CE": lambda x, w, y: -tensor_parallel.vocab_parallel_cross_entropy(x @ w.t(), y),
+        # the policy's path before issue 20 (run_step: unchunked, overwrite_logits=True)
+        "ours logits": lambda x, w, y: vocab_parallel_logprobs(x @ w.t(), y, group, overwrite_logits=True),
+        "ours logits chunked": lambda x, w, y: vocab_parallel_logprobs(
+            x @ w.t(), y, group, chunk or 256, overwrite_logits=True
+        ),
+        "fused": lambda x, w, y: fused_linear_logprobs(x, w, y, group, chunk),
+    }
+
+
+def _head_rank(rank, world_size, reps, rows, hidden, chunk, dtype_name):
+    """Per vocabulary and method: min time (max over ranks) and rank 0's peak bytes."""
+    from megatron.core import parallel_state as ps
+
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    parallel.initialize(ParallelConfig(tensor_model_parallel_size=TP))
+    group = ps.get_tensor_model_parallel_group()
+    dtype = getattr(torch, dtype_name)
+    out = {}
+    for vocab, label in HEAD_VOCABS:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, hidden, generator=g).to(dtype)  # [R, H], replicated over TP
+        w = (torch.randn(vocab // TP, hidden, generator=g) / hidden**0.5).to(dtype)  # [V/TP, H]
+        y = torch.randint(0, vocab, (rows,), generator=g)
+        upstream = torch.randn(rows, generator=g)
+        methods = _head_methods(group, chunk)
+
+        def run(fn):
+            xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+            return lambda: torch.autograd.grad(fn(xl, wl, y), (xl, wl), upstream.to(torch.float32))
+
+        times = {name: [] for name in methods}
+        for _ in range(reps):
+            for name, fn in methods.items():
+                times[name].append(_timed(run(fn)))
+        grads = (x.numel() + w.numel()) * x.element_size()  # d/dx and d/dW: every method returns them
+        for name, fn in methods.items():
+            step = run(fn)
+            dist.barrier()
+            peak = peak_cpu_bytes(step)
+            out[(label, name)] = {"ms": 1e3 * min(times[name]), "peak": peak, "act": peak - grads}
+    return out
+
+
+def _head_table(rows_out, args, load) -> str:
+    from nemo_gift.distributed.fused_logprobs import default_chunk_rows
+
+    lines = [
+        f"LM head + log-probs, forward + backward to hidden and weight: TP={TP} (gloo, CPU), "
+        f"R = {args.rows} tokens, H = {args.hidden}, {args.head_dtype}; "
+        f"chunk = {args.head_chunk or 'fused default'} (fused default here: "
+        + ", ".join(f"{default_chunk_rows(args.rows, v // TP, args.hidden)} at V/TP={v // TP}" for v, _ in HEAD_VOCABS)
+        + "; 'ours logits chunked' uses 256 without --head-chunk)",
+        f"time: min over {args.reps} runs, SHARED machine (load average {load:.1f} at start on "
+        f"{os.cpu_count()} cores): only ratios mean anything",
+        "peak: CPU allocator peak during the call (torch profiler memory events), gradients included; "
+        "act: peak minus d/dx and d/dW (what activation memory the method adds)",
+        f"{'vocabulary':<48}{'method':<21}{'time ms':>9}{'x mcore':>8}{'peak MiB':>10}{'x mcore':>8}"
+        f"{'act MiB':>9}{'x mcore':>8}",
+    ]
+    for _, label in HEAD_VOCABS:
+        ref = rows_out[(label, "mcore logits + CE")]
+        for (lab, name), r in rows_out.items():
+            if lab == label:
+                lines.append(
+                    f"{label:<48}{name:<21}{r['ms']:>9.1f}{r['ms'] / ref['ms']:>8.2f}{r['peak'] / MIB:>10.1f}"
+                    f"{r['peak'] / ref['peak']:>8.2f}{r['act'] / MIB:>9.1f}{r['act'] / ref['act']:>8.2f}"
+                )
+    lines.append("issue 20 targets for 'fused': peak <= 0.25x and time <= 1.0x of 'mcore logits + CE'")
+    return "\n".join(lines)
+
+
+def _run_head(args) -> str:
+    from nemo_gift.distributed.spawn import run_on_ranks
+
+    load = os.getloadavg()[0]
+    rows_out = run_on_ranks(
+        _head_rank, TP, args=(args.reps, args.rows, args.hidden, args.head_chunk, args.head_dtype), timeout=1800
+    )[0]
+    return _head_table(rows_out, args, load)
+
+
 def main(argv=None) -> str:
     from nemo_gift.distributed.spawn import run_on_ranks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "logits", "head"), default="all",
+                        help="from the logits, from the hidden states (LM head fused), or both")
     parser.add_argument("--reps", type=int, default=5, help="timed runs per method and dtype")
     parser.add_argument("--chunk", type=int, default=32, help="rows per chunk (32 x 16384 x 4 B = 2 MiB of fp32)")
+    parser.add_argument("--rows", type=int, default=1024, help="head part: tokens (b*s) per rank")
+    parser.add_argument("--hidden", type=int, default=128, help="head part: hidden size H")
+    parser.add_argument("--head-chunk", type=int, default=None,
+                        help="head part: tokens per chunk of the chunked and fused paths (default: the fused default)")
+    parser.add_argument("--head-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="head part: dtype of hidden states and weight (bf16 GEMMs are slow on CPU)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = run_on_ranks(_bench_rank, TP, args=(args.reps, args.chunk), timeout=600)[0]
-    table = _table(rows, args.chunk)
+    tables = []
+    if args.part in ("all", "logits"):
+        rows = run_on_ranks(_bench_rank, TP, args=(args.reps, args.chunk), timeout=600)[0]
+        tables.append(_table(rows, args.chunk))
+    if args.part in ("all", "head"):
+        tables.append(_run_head(args))
+    table = "\n\n".join(tables)
     print(table)
     print(f"(benchmark wall time {time.perf_counter() - start:.0f} s)")
     return table

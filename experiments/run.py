@@ -77,7 +77,7 @@ class RunPlan:
 def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None, str | None]:
     """The validated config as a plain dict, its warm start's cache key (None without one) and
     its :func:`prompt_sets_digest`; raises ConfigError naming the key."""
-    from nemo_gift.config.convert import to_dict
+    from nemo_gift.utils.convert import to_dict
     from nemo_gift.launcher.main import load
     from nemo_gift.train import sft_cache_key
 
@@ -89,13 +89,14 @@ def compose(conf: str, overrides: list[str]) -> tuple[dict, str | None, str | No
 def prompt_sets_digest(cfg) -> str | None:
     """sha256 (16 hex digits) of the prompts and keys of every set the run trains and scores on
     (RL, held-out, train-eval and the extra sets such as the wrong-key slice), as
-    nemo_gift.train.build_task builds them; None for datasets other than the synthetic arithmetic.
+    nemo_gift.data.task.build_task builds them; None for datasets other than the synthetic arithmetic.
     Code that changes a set (a new wrong key) changes it while the config stays the same."""
-    from nemo_gift.train import build_task
+    from nemo_gift.data.task import build_task
+    from nemo_gift.train import task_spec
 
     if cfg.data.dataset != "arithmetic":
         return None
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     sets = {"train": task.train_records, "eval": task.eval_records, "train_eval": task.train_eval_records,
             **{f"extra/{k}": v for k, v in sorted(task.extra_eval_records.items())}}
     blob = json.dumps({k: [[r.prompt, r.ground_truth] for r in v] for k, v in sets.items()})
@@ -104,7 +105,7 @@ def prompt_sets_digest(cfg) -> str | None:
 
 def plan_runs(spec: Spec, out: Path, only: list[str] | None = None) -> list[RunPlan]:
     """Compose and validate every run, seed-major (an early stop leaves whole seeds done)."""
-    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.utils.convert import ConfigError
 
     arms = [a for a in spec.arms if not only or a.name in only]
     cache = out / "sft_cache"

@@ -1,13 +1,15 @@
 """nemo_gift: GIFT (Group-relative Implicit Fine Tuning) on megatron-core.
 
-Layout (see README.md for the architecture paragraph):
-- ``algorithms``: the losses and the training step, torch only.
-- ``distributed``: vocab-parallel log-probs, cross-rank group statistics, and the
-  CPU/gloo compatibility layer for megatron-core.
-- ``models``: ``policy`` (megatron-core model building) and ``generation`` (rollout engines).
-- ``rewards`` and ``data``: verifiers, reward-model scoring, dataset loaders.
-- ``export``: Hugging Face import and export.
-- ``integrations``: the NeMo-Aligner actor extension.
+Layers, bottom up (docs/architecture.md draws them; imports only flow down):
+- ``utils``: logging, plots, the config toolkit (``convert``, ``checks``).
+- ``algorithms``, ``distributed``, ``rewards``: the losses and the training loop (torch only,
+  over the Protocols of ``algorithms.interfaces``); vocab-parallel log-probs, gloo spawning and
+  the CPU/gloo compatibility layer for megatron-core; verifiers and reward-model scoring.
+- ``data``: dataset loaders, templates, the synthetic task.
+- ``models``: ``policy`` (megatron-core model, step, checkpoints, HF name map) and
+  ``generation`` (rollout engines).
+- ``config`` and ``export``: the run config; Hugging Face import and export.
+- ``train``, ``launcher``, ``doctor``, ``integrations``: the entry points.
 """
 
 import warnings as _warnings

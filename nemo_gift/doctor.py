@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from nemo_gift.distributed import cpu_compat
-    from nemo_gift.distributed.layout_check import compare_layouts
+    from nemo_gift.models.policy.layout_check import compare_layouts
     from nemo_gift.distributed.spawn import run_on_ranks
 
     console = Console()

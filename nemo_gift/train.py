@@ -1,8 +1,10 @@
 """One rank of a GIFT or GRPO run: ``python -m nemo_gift.train --config RUN_DIR/config.yaml``.
 
 The launcher (``launcher/run.py``) writes the config and starts this on every rank (directly,
-through torchrun, or through srun). Steps: parse -> set up (process groups, task, policy,
-warm start, engine, resume) -> train (:func:`nemo_gift.algorithms.gift.train`) -> clean up.
+through torchrun, or through srun). Steps, each a function: :func:`parse` (the config and its
+resume plan) -> :func:`setup` (process groups, task, policy, warm start, resume, engine) ->
+:func:`train` (:func:`nemo_gift.algorithms.gift.train`) -> :func:`cleanup`; :func:`run` chains
+the last three on one rank.
 
 Rank and world size come from ``RANK``/``WORLD_SIZE`` (torchrun), else ``SLURM_PROCID``/
 ``SLURM_NTASKS`` (srun), else a single process. The backend is ``NEMO_GIFT_DIST_BACKEND``, else
@@ -17,16 +19,25 @@ import functools
 import hashlib
 import json
 import os
-import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 from nemo_gift.config.resume import RUN_CONFIG_KEY, ResumePlan, plan_resume, record_changes, verified_plan
 from nemo_gift.config.schema import RunConfig, read_run_config
+from nemo_gift.data.task import Task, TaskSpec, build_task
+
+if TYPE_CHECKING:
+    from nemo_gift.algorithms.gift import LoopConfig, LoopParts
+    from nemo_gift.algorithms.interfaces import GenerationBackend
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
+    from nemo_gift.utils.logger import MetricsLogger
+    from nemo_gift.utils.progress import Progress
 
 
 def init_distributed(backend: str) -> tuple[int, int]:
@@ -52,131 +63,32 @@ def init_distributed(backend: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-@dataclasses.dataclass
-class Task:
-    """What the loop needs of the data: prompts, encoding, scoring, SFT examples."""
-
-    train_records: list
-    eval_records: list
-    train_eval_records: list
-    encode: object
-    decode: object
-    pad_token_id: int
-    stop_token_ids: tuple[int, ...]
-    score: object
-    sft_examples: object = None
-    extra_eval_records: dict = dataclasses.field(default_factory=dict)
-    """More greedy evaluation sets, by name (the arithmetic pool's wrong-key slice: ``memo``)."""
-
-
-def build_task(cfg: RunConfig) -> Task:
-    """The synthetic arithmetic task (CPU); real datasets need an hf tokenizer (see docs)."""
-    from nemo_gift.data.arithmetic_sets import arithmetic_sets
-    from nemo_gift.data.synthetic import ArithmeticConfig, ArithmeticTask, Split
-    from nemo_gift.rewards import get_verifier
-
-    if cfg.data.dataset != "arithmetic":
-        return fit_prompt_length(build_dataset_task(cfg), cfg.data.max_prompt_length)
-    task = ArithmeticTask(cfg.data.arithmetic.task_config())
-    tok = task.tokenizer
-    if tok.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < the char tokenizer's {tok.vocab_size}")
-    n_train = max(4096, cfg.trainer.prompts_per_step * 64)
-    data_seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
-    sets = arithmetic_sets(task, n_train, cfg.data.eval_size, data_seed)  # a stream, or a small pool
-    train, heldout, train_eval = sets.train, sets.heldout, sets.train_eval
-    extra_eval = {"memo": sets.wrong_key} if sets.wrong_key else {}
-    verifier = get_verifier(cfg.reward.verifier or task.verifier_name)
-
-    def score(records, texts):
-        results = verifier.verify_batch(texts, [r.ground_truth for r in records])
-        return torch.tensor([r.reward for r in results], dtype=torch.float32), [r.reason.value for r in results]
-
-    sft_rng_seed = init_seed(cfg) + 2
-
-    def sft_examples(step: int):
-        problems = task.problems(Split.TRAIN, cfg.sft.batch_size, seed=sft_rng_seed * 1_000_003 + step)
-        teacher = random.Random(sft_rng_seed * 7_000_003 + step)
-        return [task.sft_example(p, teacher) for p in problems]
-
-    return fit_prompt_length(Task(
-        train_records=train, eval_records=heldout, train_eval_records=train_eval,
-        encode=lambda r: tok.encode(r.prompt, add_special_tokens=True),
-        decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-        pad_token_id=tok.pad_token_id, stop_token_ids=(tok.eos_token_id,), score=score, sft_examples=sft_examples,
-        extra_eval_records=extra_eval,
-    ), cfg.data.max_prompt_length)
-
-
-def build_dataset_task(cfg: RunConfig) -> Task:
-    """GSM8K / MATH / DAPO / AIME / Infinity-Instruct with a local Hugging Face tokenizer."""
-    from transformers import AutoTokenizer
-
-    from nemo_gift.data import load_records, render_prompt
-    from nemo_gift.rewards import MathEquivalencePool, VerifierConfig, get_verifier
-
-    path = cfg.tokenizer.path or cfg.init.hf_checkpoint
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.init.trust_remote_code)
-    train = load_records(cfg.data.dataset, cfg.data.train_path)
-    heldout = load_records(cfg.data.eval_dataset or cfg.data.dataset, cfg.data.eval_path, limit=cfg.data.eval_size)
-    if cfg.reward.kind == "reward_model":
-        from nemo_gift.rewards import RewardModelConfig, RewardModelScorer
-
-        scorer = RewardModelScorer.from_config(
-            RewardModelConfig(
-                model_path=cfg.reward.reward_model_path, length_normalize=cfg.reward.length_normalize,
-                batch_size=cfg.reward.batch_size, device=cfg.reward.device,
-            ),
-            trust_remote_code=cfg.init.trust_remote_code,
-        )
-
-        def score(records, texts):
-            out = scorer.score([r.prompt for r in records], texts)
-            return torch.as_tensor(out.scores, dtype=torch.float32), ["scored"] * len(texts)
-    else:
-        verifiers = {}
-        verify_cfg = VerifierConfig(timeout_s=cfg.reward.timeout_s)
-        pool = MathEquivalencePool(num_workers=cfg.reward.math_verify_workers, timeout_s=cfg.reward.timeout_s)
-
-        def score(records, texts):
-            rewards, reasons = [], []
-            for r, text in zip(records, texts):
-                name = cfg.reward.verifier or r.verifier
-                v = verifiers.setdefault(name, get_verifier(name, verify_cfg, pool))
-                res = v(text, r.ground_truth)
-                rewards.append(res.reward)
-                reasons.append(res.reason.value)
-            return torch.tensor(rewards, dtype=torch.float32), reasons
-
-    template = cfg.data.template
-    stop = tuple(t for t in {tok.eos_token_id, getattr(tok, "pad_token_id", None)} if t is not None)
-    return Task(
-        train_records=train, eval_records=heldout, train_eval_records=train[: cfg.data.eval_size],
-        encode=lambda r: tok.encode(render_prompt(r, template, tok), add_special_tokens=False),
-        decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        stop_token_ids=stop, score=score,
-    )
-
-
-def fit_prompt_length(task: Task, max_prompt_length: int) -> Task:
-    """``task`` without the prompts longer than ``data.max_prompt_length`` tokens (as encoded for
-    generation, template included); counts the dropped ones in the log."""
-    from nemo_gift.data.templates import filter_by_token_count
-
-    def count(record):
-        return len(task.encode(record))
-
-    kept = {}
-    for field in ("train_records", "eval_records", "train_eval_records"):
-        kept[field], _ = filter_by_token_count(getattr(task, field), count, max_prompt_length,
-                                               "data.max_prompt_length", field.replace("_", " "))
-    return dataclasses.replace(task, **kept)
-
-
 def init_seed(cfg: RunConfig) -> int:
     """The seed of the model's initialization and warm start (``sft.seed``, else ``seed``)."""
     return cfg.seed if cfg.sft.seed is None else cfg.sft.seed
+
+
+def task_spec(cfg: RunConfig) -> TaskSpec:
+    """The run config's task settings, as :func:`nemo_gift.data.task.build_task` reads them."""
+    from nemo_gift.data.records import DatasetName
+    from nemo_gift.data.templates import TemplateKind
+    from nemo_gift.rewards.reward_model import RewardModelConfig
+
+    d, r = cfg.data, cfg.reward
+    reward_model = None
+    if r.kind == "reward_model":
+        reward_model = RewardModelConfig(model_path=r.reward_model_path, length_normalize=r.length_normalize,
+                                         batch_size=r.batch_size, device=r.device)
+    return TaskSpec(
+        dataset=DatasetName(d.dataset), eval_dataset=DatasetName(d.eval_dataset or d.dataset),
+        train_path=d.train_path, eval_path=d.eval_path, eval_size=d.eval_size, template=TemplateKind(d.template),
+        max_prompt_length=d.max_prompt_length, arithmetic=d.arithmetic,
+        data_seed=cfg.seed if d.seed is None else d.seed, sft_seed=init_seed(cfg), sft_batch_size=cfg.sft.batch_size,
+        prompts_per_step=cfg.trainer.prompts_per_step, vocab_size=cfg.model.vocab_size,
+        tokenizer_path=cfg.tokenizer.path or cfg.init.hf_checkpoint, trust_remote_code=cfg.init.trust_remote_code,
+        verifier=r.verifier, verify_timeout_s=r.timeout_s, math_verify_workers=r.math_verify_workers,
+        reward_model=reward_model,
+    )
 
 
 def sft_inputs(cfg: RunConfig, world_size: int) -> dict:
@@ -190,6 +102,8 @@ def sft_inputs(cfg: RunConfig, world_size: int) -> dict:
         "sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("cache_dir", "seed")},
         "clip_grad": cfg.optim.clip_grad, "micro_batch_size": cfg.trainer.micro_batch_size,
         "logprob_chunk_size": cfg.trainer.logprob_chunk_size,
+        "fused_lm_head_logprobs": cfg.parallel.fused_lm_head_logprobs,
+        "max_tokens_per_micro_batch": cfg.trainer.max_tokens_per_micro_batch,
     }
 
 
@@ -223,92 +137,61 @@ def warm_start(cfg: RunConfig, policy, task: Task, log) -> None:
         checkpoint.save_checkpoint(cache, cfg.sft.steps, policy.model, keep_last=1)
 
 
-def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
-    """Set up and train on this rank (resuming per ``plan``, else :func:`plan_resume`); returns the
-    loop's history."""
+@dataclasses.dataclass
+class Session:
+    """One rank's run after :func:`setup`: the loop's parts and config, and what :func:`cleanup` closes."""
+
+    cfg: RunConfig
+    rank: int
+    parts: LoopParts
+    loop: LoopConfig
+    start_step: int
+    """The step the loop starts after: the resumed checkpoint's, else 0."""
+    logger: MetricsLogger
+    progress: Progress
+    engine: GenerationBackend
+
+
+def parse(argv: list[str] | None = None) -> tuple[RunConfig, ResumePlan]:
+    """The run config named by ``--config`` and its resume plan. A bad config or a refused
+    resume raises ConfigError here, before any process group."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="RUN_DIR/config.yaml written by the launcher")
+    args = parser.parse_args(argv)
+    cfg = read_run_config(args.config)
+    return cfg, plan_resume(cfg)
+
+
+def setup(cfg: RunConfig, plan: ResumePlan | None = None) -> Session:
+    """Everything the loop needs on this rank, in this order: process groups, the task and its
+    prompt sampler, the resume plan checked over the ranks, the metrics, the policy up to the RL
+    start (:func:`setup_policy`), its resumed state, and the engine (resuming per ``plan``, else
+    :func:`plan_resume`)."""
     from megatron.core import parallel_state as ps
 
-    from nemo_gift.algorithms.gift import LoopConfig, LoopParts, train
+    from nemo_gift.algorithms.gift import LoopParts
     from nemo_gift.algorithms.rollout import PromptSampler
-    from nemo_gift.distributed import parallel
-    from nemo_gift.models.generation.interfaces import SamplingConfig
-    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
-    from nemo_gift.models.policy.optimizer import OptimizerSettings
-    from nemo_gift.utils.logger import MetricsLogger
+    from nemo_gift.models.policy import parallel
     from nemo_gift.utils.progress import Progress
 
     plan = plan_resume(cfg) if plan is None else plan  # a refused resume stops here, before any work
-    rank, world = init_distributed(os.environ.get("NEMO_GIFT_DIST_BACKEND", cfg.cluster.backend))
+    rank, _ = init_distributed(os.environ.get("NEMO_GIFT_DIST_BACKEND", cfg.cluster.backend))
     parallel.initialize(cfg.parallel, seed=init_seed(cfg))
-    run_dir = Path(cfg.run_dir)
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     t = cfg.trainer
     sampler = PromptSampler(task.train_records, t.prompts_per_step, seed=cfg.seed)
     max_steps = t.max_steps if t.epochs is None else t.epochs * sampler.steps_per_epoch
 
-    ckpt_root = run_dir / "checkpoints"
     plan = verified_plan(cfg, plan)  # file contents checked over the ranks; a corrupt newest checkpoint falls back
     resume, start_step = plan.checkpoint, plan.step
-
-    logger = MetricsLogger(
-        run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-        wandb_project=cfg.logging.wandb_project, run_name=cfg.name, config=to_dict(cfg),
-        resume_step=start_step if resume else None,
-    )
-    if rank == 0:
-        record_changes(run_dir, plan)
-    use_reference = (cfg.trainer.algorithm == "gift" and cfg.gift.implicit_baseline.value == "reference") or (
-        cfg.trainer.algorithm == "grpo" and cfg.grpo.beta_kl > 0
-    )
-    policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
-                            logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
-                            offload_reference=cfg.init.offload_reference)
-    if cfg.init.hf_checkpoint:
-        from nemo_gift.export.hf_import import import_hf
-
-        import_hf(policy.module, cfg.init.hf_checkpoint, cfg.model)
-    sft_logger = MetricsLogger(run_dir, enabled=rank == 0 and not resume, tensorboard=cfg.logging.tensorboard,
-                               filename="sft_metrics.jsonl")
-    warm_start(cfg, policy, task, sft_logger.log)
-    sft_logger.close()
-    policy.sync_reference()  # pi_ref: the model RL starts from
-    o = cfg.optim
-    optimizer_steps = max_steps * (t.prompts_per_step // t.mini_batch_prompts)
-    policy.configure_optimizer(OptimizerSettings(
-        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2,
-        clip_grad=o.clip_grad, schedule=o.schedule, warmup_steps=o.warmup_steps,
-        decay_steps=max(optimizer_steps, o.warmup_steps + 1) if o.schedule == "cosine" else None,
-    ))
+    logger = open_logger(cfg, rank, plan)
+    policy = setup_policy(cfg, task, max_steps, log_sft=rank == 0 and not resume)
     if resume:
         state = policy.load(str(resume))
         sampler.load_state_dict(state["sampler"])
+    engine, refit = setup_engine(cfg, policy, task)
 
-    if cfg.rollout.engine == "torch":
-        from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
-
-        engine = TorchGenerationEngine(policy.module, cfg.model, seed=cfg.seed, pad_token_id=task.pad_token_id)
-        refit = None  # generates with the policy's own module
-    else:
-        from nemo_gift.models.generation.trtllm_engine import TrtllmGenerationEngine, wake_and_refit
-        from nemo_gift.models.generation.trtllm_runtime import replica_group
-
-        engine = TrtllmGenerationEngine.from_config(cfg, tokenizer_dir=cfg.tokenizer.path or cfg.init.hf_checkpoint,
-                                                    pad_token_id=task.pad_token_id, replica=replica_group())
-        refit = functools.partial(wake_and_refit, engine, policy.hf_weights)
-
-    r = cfg.rollout
-    stop = task.stop_token_ids
-    loop_cfg = LoopConfig(
-        algorithm=t.algorithm, max_steps=max_steps, group_size=r.group_size, mini_batch_prompts=t.mini_batch_prompts,
-        micro_batch_size=t.micro_batch_size, eval_every=t.eval_every, checkpoint_every=cfg.checkpoint.every,
-        keep_last=cfg.checkpoint.keep_last, seed=cfg.seed, checkpoint_dir=str(ckpt_root),
-        sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                top_k=r.top_k, stop_token_ids=stop),
-        eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
-                                     stop_token_ids=stop),
-        gift=cfg.gift, grpo=cfg.grpo, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
-        pad_multiple=cfg.parallel.sequence_pad_multiple,
-    )
+    loop = loop_config(cfg, max_steps, task.stop_token_ids)
     progress = Progress(max_steps, start_step, enabled=rank == 0 and cfg.logging.progress_bar, name=cfg.name)
     parts = LoopParts(
         policy=policy, engine=engine, score=task.score, encode=task.encode, decode=task.decode,
@@ -318,38 +201,174 @@ def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
         dp_group=ps.get_data_parallel_group(),
     )
-    try:
-        history = train(parts, loop_cfg, start_step=start_step)
-    finally:
-        progress.close()
-        logger.close()
-        if hasattr(engine, "shutdown"):
-            engine.shutdown()
-    if rank == 0 and cfg.logging.plots:
+    return Session(cfg=cfg, rank=rank, parts=parts, loop=loop, start_step=start_step, logger=logger,
+                   progress=progress, engine=engine)
+
+
+def open_logger(cfg: RunConfig, rank: int, plan: ResumePlan) -> MetricsLogger:
+    """The run's metrics (rank 0 writes them; a resume continues after its step); rank 0 also
+    records the config changes an allowed resume applies."""
+    from nemo_gift.utils.logger import MetricsLogger
+
+    run_dir = Path(cfg.run_dir)
+    logger = MetricsLogger(
+        run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+        wandb_project=cfg.logging.wandb_project, run_name=cfg.name, config=to_dict(cfg),
+        resume_step=plan.step if plan.checkpoint else None,
+    )
+    if rank == 0:
+        record_changes(run_dir, plan)
+    return logger
+
+
+def setup_policy(cfg: RunConfig, task: Task, max_steps: int, *, log_sft: bool) -> MegatronPolicy:
+    """The policy at the RL start: built (with the frozen reference its algorithm reads), its
+    Hugging Face weights imported, warm-started (``sft_metrics.jsonl`` where ``log_sft``), the
+    reference synced to it, and the RL optimizer configured for ``max_steps``."""
+    from nemo_gift.algorithms.registry import get_algorithm
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+    from nemo_gift.utils.logger import MetricsLogger
+
+    t = cfg.trainer
+    algorithm = get_algorithm(t.algorithm)
+    use_reference = algorithm.needs_reference(cfg.loss_options())
+    policy = MegatronPolicy(cfg.model, cfg.parallel, micro_batch_size=t.micro_batch_size,
+                            logprob_chunk_size=t.logprob_chunk_size, with_reference=use_reference,
+                            offload_reference=cfg.init.offload_reference,
+                            max_tokens_per_micro_batch=t.max_tokens_per_micro_batch)
+    if cfg.init.hf_checkpoint:
+        from nemo_gift.export.hf_import import import_hf
+
+        import_hf(policy.module, cfg.init.hf_checkpoint, cfg.model)
+    sft_logger = MetricsLogger(Path(cfg.run_dir), enabled=log_sft, tensorboard=cfg.logging.tensorboard,
+                               filename="sft_metrics.jsonl")
+    warm_start(cfg, policy, task, sft_logger.log)
+    sft_logger.close()
+    policy.sync_reference()  # pi_ref: the model RL starts from
+    policy.configure_optimizer(rl_optimizer(cfg, max_steps))
+    return policy
+
+
+def rl_optimizer(cfg: RunConfig, max_steps: int) -> OptimizerSettings:
+    """``optim``'s settings; a cosine schedule decays over the run's optimizer steps
+    (``max_steps`` x ``prompts_per_step / mini_batch_prompts``)."""
+    from nemo_gift.models.policy.optimizer import OptimizerSettings
+
+    o, t = cfg.optim, cfg.trainer
+    optimizer_steps = max_steps * (t.prompts_per_step // t.mini_batch_prompts)
+    return OptimizerSettings(
+        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2,
+        clip_grad=o.clip_grad, schedule=o.schedule, warmup_steps=o.warmup_steps,
+        decay_steps=max(optimizer_steps, o.warmup_steps + 1) if o.schedule == "cosine" else None,
+    )
+
+
+def setup_engine(cfg: RunConfig, policy: MegatronPolicy,
+                 task: Task) -> tuple[GenerationBackend, Callable[[], None] | None]:
+    """The rollout engine and its refit (None: the torch engine generates with the policy's own
+    module, whose weights are always current)."""
+    if cfg.rollout.engine == "torch":
+        from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
+
+        engine = TorchGenerationEngine(policy.module, cfg.model, seed=cfg.seed, pad_token_id=task.pad_token_id)
+        return engine, None
+    from nemo_gift.models.generation.trtllm_engine import TrtllmGenerationEngine, wake_and_refit
+    from nemo_gift.models.generation.trtllm_runtime import replica_group
+
+    engine = TrtllmGenerationEngine.from_config(cfg, tokenizer_dir=cfg.tokenizer.path or cfg.init.hf_checkpoint,
+                                                pad_token_id=task.pad_token_id, replica=replica_group())
+    return engine, functools.partial(wake_and_refit, engine, policy.hf_weights)
+
+
+def loop_config(cfg: RunConfig, max_steps: int, stop: tuple[int, ...]) -> LoopConfig:
+    """The loop's settings: ``trainer``, ``rollout``'s sampling (stopping at ``stop``), checkpoints,
+    the algorithm's options, and the run config saved with every checkpoint."""
+    from nemo_gift.algorithms.gift import LoopConfig
+    from nemo_gift.algorithms.interfaces import SamplingConfig
+
+    t, r = cfg.trainer, cfg.rollout
+    return LoopConfig(
+        algorithm=t.algorithm, max_steps=max_steps, group_size=r.group_size, mini_batch_prompts=t.mini_batch_prompts,
+        micro_batch_size=t.micro_batch_size, eval_every=t.eval_every, checkpoint_every=cfg.checkpoint.every,
+        keep_last=cfg.checkpoint.keep_last, seed=cfg.seed, checkpoint_dir=str(Path(cfg.run_dir) / "checkpoints"),
+        sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                top_k=r.top_k, stop_token_ids=stop),
+        eval_sampling=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.eval_temperature,
+                                     stop_token_ids=stop),
+        algorithm_options=cfg.algorithm_options, trainer_state={RUN_CONFIG_KEY: to_dict(cfg)},
+        pad_multiple=cfg.parallel.sequence_pad_multiple, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
+        reuse_engine_logprobs=engine_logprobs_as_pi_old(cfg),
+    )
+
+
+def engine_logprobs_as_pi_old(cfg: RunConfig) -> bool:
+    """``rollout.reuse_engine_logprobs``, resolved: only the torch engine's; ``null`` means on with
+    fp32 parameters where the algorithm's registry entry allows it (``engine_logprobs_by_default``)."""
+    from nemo_gift.algorithms.registry import get_algorithm
+
+    r = cfg.rollout
+    if r.engine != "torch":
+        return False
+    if r.reuse_engine_logprobs is not None:
+        return r.reuse_engine_logprobs
+    return cfg.parallel.params_dtype == "float32" and get_algorithm(cfg.trainer.algorithm).engine_logprobs_by_default
+
+
+def train(session: Session) -> list[dict]:
+    """The RL loop (:func:`nemo_gift.algorithms.gift.train`) from the session's start step; its history."""
+    from nemo_gift.algorithms import gift
+
+    return gift.train(session.parts, session.loop, start_step=session.start_step)
+
+
+def cleanup(session: Session) -> None:
+    """Close the progress bar and the metrics, and shut the engine down (after a failed step too)."""
+    session.progress.close()
+    session.logger.close()
+    if hasattr(session.engine, "shutdown"):
+        session.engine.shutdown()
+
+
+def plot_curves(session: Session) -> None:
+    """``RUN_DIR/plots/curves.png`` from the closed metrics (rank 0, ``logging.plots``)."""
+    if session.rank == 0 and session.cfg.logging.plots:
         from nemo_gift.utils.plots import plot_runs
 
+        run_dir = Path(session.cfg.run_dir)
         plot_runs([run_dir], run_dir / "plots" / "curves.png")
+
+
+def run(cfg: RunConfig, plan: ResumePlan | None = None) -> list[dict]:
+    """Set up and train on this rank (resuming per ``plan``, else :func:`plan_resume`); returns the
+    loop's history."""
+    session = setup(cfg, plan)
+    try:
+        history = train(session)
+    finally:
+        cleanup(session)
+    plot_curves(session)
     return history
 
 
+def teardown_distributed() -> None:
+    """Leave the model-parallel groups and the default process group, where this rank joined them."""
+    if dist.is_initialized():
+        from megatron.core import parallel_state as ps
+
+        ps.destroy_model_parallel()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="RUN_DIR/config.yaml written by the launcher")
-    args = parser.parse_args(argv)
     try:
-        cfg = read_run_config(args.config)
-        plan = plan_resume(cfg)
+        cfg, plan = parse(argv)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     try:
         run(cfg, plan)
     finally:
-        if dist.is_initialized():
-            from megatron.core import parallel_state as ps
-
-            ps.destroy_model_parallel()
-            dist.destroy_process_group()
+        teardown_distributed()
     return 0
 
 

@@ -84,7 +84,7 @@ def _agreement(got: list[list[int]], ref: list[list[int]]) -> str:
 def _engine(state: dict):
     """The engine of the engine checks, built once on the first model's checkpoint."""
     if "engine" not in state:
-        from nemo_gift.export.mapping import model_config_to_hf_config
+        from nemo_gift.models.policy.hf_weights import model_config_to_hf_config
         from nemo_gift.models.generation import trtllm_engine as te
 
         cfg = _tiny_qwen2()
@@ -99,7 +99,7 @@ def _engine(state: dict):
 
 
 def _greedy(engine) -> list[list[int]]:
-    from nemo_gift.models.generation.interfaces import SamplingConfig
+    from nemo_gift.algorithms.interfaces import SamplingConfig
 
     return engine.generate(PROMPTS, 1, SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=0.0)).responses()
 
@@ -149,8 +149,8 @@ def _te_and_local(fp8: bool = False):
     import torch
     import torch.distributed as dist
 
-    from nemo_gift.distributed import parallel
-    from nemo_gift.export.mapping import export_hf_tensors, load_hf_tensors
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors, load_hf_tensors
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import Fp8Config, ParallelConfig
 
@@ -207,9 +207,9 @@ def fp8_step(state: dict) -> str:
 
 def _impl() -> str:
     """The layer spec a check uses: TE's where it is installed, else the local one."""
-    from nemo_gift.models.policy import te_spec
+    from nemo_gift.models.policy import te_extra
 
-    return "transformer_engine" if te_spec.transformer_engine_available() else "local"
+    return "transformer_engine" if te_extra.transformer_engine_available() else "local"
 
 
 def _process_group() -> None:
@@ -228,7 +228,7 @@ def policy_cpu_batches_resume(state: dict) -> str:
     import torch
 
     from nemo_gift.algorithms.objectives import nll_objective
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.config import ParallelConfig
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings
@@ -264,6 +264,83 @@ def policy_cpu_batches_resume(state: dict) -> str:
         raise AssertionError(f"resumed loss {resumed!r} vs straight {straight!r} (rel {rel:.1e})")
     return (f"{layout.transformer_impl} spec; log-probs on cpu, mean {lp.mean().item():.4f}; "
             f"step 2 loss {straight!r} straight, {resumed!r} resumed")
+
+
+@check("fused_lm_head_memory", "the LM head fused with the log-probs (bf16, Qwen's V/TP=152064/8, 8192 tokens) "
+       "peaks at <= 0.25x megatron-core's logits + cross-entropy in CUDA memory beyond the gradients, and agrees with it")
+def fused_lm_head_memory(state: dict) -> str:
+    import torch
+    from megatron.core import tensor_parallel
+
+    from nemo_gift.distributed.fused_logprobs import fused_linear_logprobs
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+
+    _process_group()
+    parallel.initialize(ParallelConfig(), seed=0)
+    rows, hidden, v_local = 8192, 3584, 152064 // 8
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, hidden, device="cuda", generator=g).bfloat16()  # [R, H]
+    w = (torch.randn(v_local, hidden, device="cuda", generator=g) / hidden**0.5).bfloat16()  # [V/TP, H]
+    y = torch.randint(0, v_local, (rows,), device="cuda", generator=g)
+    methods = {
+        "mcore": lambda a, b: -tensor_parallel.vocab_parallel_cross_entropy(a @ b.t(), y),  # fp32 inside
+        "fused": lambda a, b: fused_linear_logprobs(a, b, y),
+    }
+    grads_bytes = (x.numel() + w.numel()) * 2
+    out = {}
+    for name, fn in methods.items():
+        for timed in (False, True):  # the first run warms up the kernels and the allocator
+            xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            lp = fn(xl, wl)
+            lp.sum().backward()
+            end.record()
+            torch.cuda.synchronize()
+            out[name] = (lp.detach(), torch.cuda.max_memory_allocated() - base - grads_bytes, start.elapsed_time(end))
+    diff = (out["mcore"][0] - out["fused"][0]).abs().max().item()
+    ratio = out["fused"][1] / out["mcore"][1]
+    detail = (f"activation peak {out['fused'][1] / 2**20:.0f} MiB vs {out['mcore'][1] / 2**20:.0f} MiB ({ratio:.2f}x), "
+              f"time {out['fused'][2]:.1f} ms vs {out['mcore'][2]:.1f} ms ({out['fused'][2] / out['mcore'][2]:.2f}x, "
+              f"not asserted), max log-prob diff {diff:.2e}")
+    if ratio > 0.25 or diff > 0.05:  # bf16 logits: a few bf16 units of |z| ~ 4
+        raise AssertionError(detail)
+    return detail
+
+
+@check("engine_pi_old_cuda", "the torch engine's policy log-probs (rollout.reuse_engine_logprobs) against the "
+       "trainer's recomputed forward on CUDA: within 1e-5 in fp32; the bf16 gap is printed (issue 20)")
+def engine_pi_old_cuda(state: dict) -> str:
+    import torch
+
+    from nemo_gift.algorithms.interfaces import SamplingConfig
+    from nemo_gift.algorithms.rollout import build_token_batch
+    from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.models.policy.config import ParallelConfig
+    from nemo_gift.models.policy.megatron_policy import MegatronPolicy
+
+    _process_group()
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17]]
+    sampling = SamplingConfig(max_new_tokens=32, temperature=0.7, top_k=50, seed=1)
+    gaps = {}
+    for dtype in ("float32", "bfloat16"):
+        layout = ParallelConfig(transformer_impl=_impl(), params_dtype=dtype)
+        parallel.initialize(layout, seed=0)
+        policy = MegatronPolicy(_tiny_qwen2(), layout, micro_batch_size=4, with_reference=False)
+        out = TorchGenerationEngine(policy.module, _tiny_qwen2()).generate(prompts, 4, sampling)
+        responses = out.responses()
+        lps = [row[: len(r)].tolist() for row, r in zip(out.policy_logprobs, responses)]
+        batch = build_token_batch(prompts, responses, out.prompt_index.tolist(), 0, lps, 8)
+        gap = (policy.logprobs(batch) - batch["rollout_logprobs"]).abs()[batch["loss_mask"]]
+        gaps[dtype] = float(gap.max())
+    if gaps["float32"] > 1e-5:
+        raise AssertionError(f"fp32 engine log-probs off the recomputed forward by {gaps['float32']:.2e}")
+    return f"{_impl()} spec; max |engine - recomputed| fp32 {gaps['float32']:.2e}, bf16 {gaps['bfloat16']:.2e}"
 
 
 def _launch(run_dir: str, overrides: list[str], timeout: float) -> list[dict]:

@@ -1,7 +1,8 @@
 """Typed, validated options of the GIFT and GRPO losses.
 
 Every choice is an ``Enum`` (a ``str`` subclass, so YAML strings load into it);
-a wrong value fails in ``__post_init__`` with an error that names the field and
+each dataclass checks its fields in ``__post_init__`` with :mod:`nemo_gift.utils.checks`
+(the project's one idiom), and a wrong value fails with an error that names the field and
 the value. Equation numbers refer to the GIFT paper (arXiv 2510.23868) as
 summarised in ``docs/gift-math.md``.
 """
@@ -9,9 +10,10 @@ summarised in ``docs/gift-math.md``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from enum import Enum
 from typing import Any, Optional, Type, TypeVar
+
+from nemo_gift.utils.checks import check_bool, check_choice, check_range
 
 __all__ = [
     "ImplicitRewardMode",
@@ -86,13 +88,8 @@ class KlEstimator(str, Enum):
 
 def coerce_enum(enum_cls: Type[E], value: Any, name: str) -> E:
     """Return ``value`` as a member of ``enum_cls``; raise ValueError naming ``name`` otherwise."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"{name}={value!r} is not one of {choices}") from None
+    check_choice(name, value, enum_cls)
+    return enum_cls(value)
 
 
 def validate_group_size(group_size: Any, name: str = "group_size") -> int:
@@ -104,18 +101,10 @@ def validate_group_size(group_size: Any, name: str = "group_size") -> int:
     return group_size
 
 
-def _check_real(name: str, value: Any, *, low: float, low_inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number")
-    if value < low or (value == low and not low_inclusive):
-        op = ">=" if low_inclusive else ">"
-        raise ValueError(f"{name}={value!r} must be {op} {low}")
+def _real(name: str, value: Any, **bounds) -> float:
+    """``value`` checked by :func:`~nemo_gift.utils.checks.check_range`, as a float."""
+    check_range(name, value, **bounds)
     return float(value)
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be a bool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,16 +158,16 @@ class GiftLossConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "beta", _check_real("beta", self.beta, low=0.0, low_inclusive=False))
+        set_(self, "beta", _real("beta", self.beta, low=0, low_open=True))
         set_(self, "implicit_reward", coerce_enum(ImplicitRewardMode, self.implicit_reward, "implicit_reward"))
         set_(self, "std_guard", coerce_enum(StdGuard, self.std_guard, "std_guard"))
         set_(self, "implicit_baseline", coerce_enum(ImplicitBaseline, self.implicit_baseline, "implicit_baseline"))
-        set_(self, "eps", _check_real("eps", self.eps, low=0.0, low_inclusive=True))
-        set_(self, "std_guard_value", _check_real("std_guard_value", self.std_guard_value, low=0.0, low_inclusive=False))
+        set_(self, "eps", _real("eps", self.eps, low=0))
+        set_(self, "std_guard_value", _real("std_guard_value", self.std_guard_value, low=0, low_open=True))
         for name in ("unbiased_std", "detach_implicit_stats", "drop_zero_std_groups"):
-            _check_bool(name, getattr(self, name))
+            check_bool(name, getattr(self, name))
         if self.length_exponent is not None:
-            p = _check_real("length_exponent", self.length_exponent, low=0.0, low_inclusive=True)
+            p = _real("length_exponent", self.length_exponent, low=0)
             set_(self, "length_exponent", p)
             if self.implicit_reward is ImplicitRewardMode.KL_AVERAGE and p != 1.0:
                 raise ValueError(
@@ -226,17 +215,17 @@ class GrpoLossConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        clip = _check_real("clip_eps", self.clip_eps, low=0.0, low_inclusive=False)
+        clip = _real("clip_eps", self.clip_eps, low=0, low_open=True)
         if clip >= 1.0:
             raise ValueError(f"clip_eps={clip!r} must be < 1 (the lower bound 1 - clip_eps must be > 0)")
         set_(self, "clip_eps", clip)
         if self.clip_eps_high is not None:
-            set_(self, "clip_eps_high", _check_real("clip_eps_high", self.clip_eps_high, low=0.0, low_inclusive=False))
-        set_(self, "beta_kl", _check_real("beta_kl", self.beta_kl, low=0.0, low_inclusive=True))
-        set_(self, "eps", _check_real("eps", self.eps, low=0.0, low_inclusive=True))
+            set_(self, "clip_eps_high", _real("clip_eps_high", self.clip_eps_high, low=0, low_open=True))
+        set_(self, "beta_kl", _real("beta_kl", self.beta_kl, low=0))
+        set_(self, "eps", _real("eps", self.eps, low=0))
         set_(self, "kl_estimator", coerce_enum(KlEstimator, self.kl_estimator, "kl_estimator"))
         set_(self, "aggregation", coerce_enum(LossAggregation, self.aggregation, "aggregation"))
-        _check_bool("unbiased_std", self.unbiased_std)
+        check_bool("unbiased_std", self.unbiased_std)
 
     @property
     def clip_high(self) -> float:

@@ -7,7 +7,9 @@ Each rollout step (docs/gift-math.md for the symbols):
 3. score them (explicit rewards r);
 4. compute the baseline log-probs with the distributed reduction: pi_old (GIFT's default, the
    author's code and the CPU experiment's evidence) or pi_ref (the paper) for GIFT; pi_old and
-   pi_ref for GRPO;
+   pi_ref for GRPO. pi_old runs no forward of its own when it can be had for free
+   (:func:`old_policy_source`): from the training forward itself, detached, when one optimizer
+   step takes the whole rollout batch; else from the torch engine's sampled-token log-probs;
 5. put the rollout engine to sleep, then run B / mini-batch optimizer steps, each on whole
    groups, with GIFT's or GRPO's objective normalized over the mini-batch (so micro-batching and
    layout cannot change it);
@@ -16,9 +18,9 @@ Each rollout step (docs/gift-math.md for the symbols):
 Every ``eval_every`` steps (and at the start and the end) greedy pass@1 is measured on the
 held-out prompts and on as many training prompts, so the train/eval gap is visible.
 
-Departures from the paper, all documented in docs/gift-math.md: pi_old is recomputed by the
-trainer rather than taken from the engine (it makes the baseline exactly the trainer's
-numerics); the degenerate implicit std is guarded (``gift.std_guard``).
+Departures from the paper, all documented in docs/gift-math.md: pi_old is the trainer's own
+forward (the training forward, or a recomputation) unless ``reuse_engine_logprobs`` takes the
+torch engine's (equal within 1e-5); the degenerate implicit std is guarded (``gift.std_guard``).
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig, ImplicitBaseline
-from nemo_gift.algorithms.interfaces import PolicyInterface
-from nemo_gift.algorithms.normalization import explicit_advantages, group_moments, implicit_rewards
-from nemo_gift.algorithms.objectives import gift_objective, grpo_objective
+from nemo_gift.algorithms.interfaces import GenerationBackend, PolicyInterface, SamplingConfig
+from nemo_gift.algorithms.normalization import explicit_advantages
+from nemo_gift.algorithms.objectives import with_training_forward_as
+from nemo_gift.algorithms.registry import MiniBatchStep, get_algorithm
 from nemo_gift.algorithms.rollout import PromptSampler, build_token_batch, select
-from nemo_gift.models.generation.interfaces import GenerationBackend, SamplingConfig
 
 
 @dataclasses.dataclass
 class LoopConfig:
     """What the loop needs of the run config (kept small so that tests can build it)."""
 
-    algorithm: str  # "gift" | "grpo"
+    algorithm: str
+    """A name of :data:`nemo_gift.algorithms.registry.ALGORITHMS` (``gift``, ``grpo``)."""
     max_steps: int
     group_size: int
     mini_batch_prompts: int
@@ -54,14 +56,20 @@ class LoopConfig:
     keep_last: int
     sampling: SamplingConfig
     eval_sampling: SamplingConfig
-    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
-    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    algorithm_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Options by registry name (``{"gift": GiftLossConfig(...)}``); an algorithm absent here
+    runs with its options dataclass's defaults."""
     seed: int = 1234
     checkpoint_dir: Optional[str] = None
     trainer_state: dict = dataclasses.field(default_factory=dict)
     """Saved in every checkpoint's trainer state beside the loop's own (the resolved run config)."""
     pad_multiple: int = 1
     """Token batches are padded to a multiple of this (the layout's ``sequence_pad_multiple``)."""
+    max_tokens_per_micro_batch: Optional[int] = None
+    """``trainer.max_tokens_per_micro_batch``: micro-batches packed by length under this budget."""
+    reuse_engine_logprobs: bool = False
+    """The engine's log-probs of the policy's own distribution (``GenerationOutput.policy_logprobs``)
+    serve as pi_old when the training forward cannot (more than one optimizer step per batch)."""
 
 
 @dataclasses.dataclass
@@ -112,10 +120,13 @@ def _gather(parts: LoopParts, local: list) -> list:
     return [x for chunk in out for x in chunk]
 
 
-def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, sampling: SamplingConfig):
+def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, sampling: SamplingConfig,
+                       policy_logprobs: bool = False):
     """Responses to ``records`` (n each, grouped by prompt) with rewards and reasons, on every rank.
 
-    Returns ``(prompt_ids, responses, response_logprobs, rewards [B*n], reasons)``."""
+    Returns ``(prompt_ids, responses, response_logprobs, rewards [B*n], reasons)``; the log-probs
+    are the sampling distribution's, or with ``policy_logprobs`` the policy's own (unmodified
+    logits, which the engine must report)."""
     b = len(records)
     per_rank = b // parts.dp_size
     mine = records[parts.dp_rank * per_rank : (parts.dp_rank + 1) * per_rank]
@@ -123,13 +134,16 @@ def generate_and_score(parts: LoopParts, records: Sequence[Any], n: int, samplin
     my_prompts = prompt_ids[parts.dp_rank * per_rank : (parts.dp_rank + 1) * per_rank]
     out = parts.engine.generate(my_prompts, n, sampling)
     responses = out.responses()
-    logprobs = [row[: len(r)].tolist() for row, r in zip(out.logprobs, responses)]
+    if policy_logprobs and out.policy_logprobs is None:
+        raise ValueError(f"{type(parts.engine).__name__} reports no policy log-probs: turn rollout.reuse_engine_logprobs off")
+    source = out.policy_logprobs if policy_logprobs else out.logprobs  # [B/D*n, T]
+    logprobs = [row[: len(r)].tolist() for row, r in zip(source, responses)]
     texts = [parts.decode(r) for r in responses]
-    rewards, reasons = parts.score([mine[int(i)] for i in out.prompt_index], texts)
+    rewards, reasons = parts.score([mine[int(i)] for i in out.prompt_index], texts)  # [B/D*n]
     local = list(zip(responses, logprobs, rewards.tolist(), reasons))
     gathered = _gather(parts, local)
     responses, logprobs, rewards, reasons = (list(x) for x in zip(*gathered))
-    return prompt_ids, responses, logprobs, torch.tensor(rewards, dtype=torch.float32), reasons
+    return prompt_ids, responses, logprobs, torch.tensor(rewards, dtype=torch.float32), reasons  # rewards [B*n]
 
 
 def evaluate(parts: LoopParts, cfg: LoopConfig) -> dict[str, float]:
@@ -162,49 +176,72 @@ def _first_vs_later(step_metrics: list[dict], keys: Sequence[str]) -> dict[str, 
     return out
 
 
+OLD_POLICY_SOURCES = ("training_forward", "engine", "recomputed")
+"""Where pi_old comes from (:func:`old_policy_source`); the metric ``logprobs/pi_old_from_SOURCE``."""
+
+
+def old_policy_source(cfg: LoopConfig, batch: Mapping[str, torch.Tensor], n: int) -> str:
+    """Where pi_old comes from, cheapest exact source first.
+
+    - ``training_forward``: one optimizer step takes the whole rollout batch, so pi_old is the
+      policy being trained: the objective reads the training forward's log-probs, detached
+      (:func:`~nemo_gift.algorithms.objectives.with_training_forward_as`). Exact: the forward
+      has no dropout (``models/policy/builder.py``), so train and eval mode agree; GIFT's
+      log-ratio is then 0 and GRPO's ratio 1 in value, with the gradient of log pi.
+    - ``engine``: ``reuse_engine_logprobs`` and the batch carries the engine's policy log-probs
+      (``rollout_logprobs``); equal to a recomputation within 1e-5 (tests/unit/generation). The
+      first optimizer step still reads the training forward: with the engine's, GIFT's s = 0 there
+      would be rounding noise (~1e-6), which z divides by the degenerate std (``std_guard_value``).
+    - ``recomputed``: a forward-only pass of the policy before the first optimizer step."""
+    if cfg.mini_batch_prompts * cfg.group_size >= n:
+        return "training_forward"
+    return "engine" if cfg.reuse_engine_logprobs and "rollout_logprobs" in batch else "recomputed"
+
+
 def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], rewards: torch.Tensor) -> dict:
-    """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch."""
+    """Step 4-5: baseline log-probs, advantages, then one optimizer step per mini-batch.
+
+    What the algorithm needs (log-probs, objective) comes from its registry entry
+    (:mod:`nemo_gift.algorithms.registry`); pi_old (the entry's non-reference log-probs) comes
+    from :func:`old_policy_source`."""
     G, metrics = cfg.group_size, {}
     n = rewards.shape[0]
-    norm = cfg.gift if cfg.algorithm == "gift" else cfg.grpo  # each algorithm's own eps and std estimator
-    adv, zero_std = explicit_advantages(rewards, G, eps=norm.eps, unbiased=norm.unbiased_std)
-    batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)
+    algorithm = get_algorithm(cfg.algorithm)
+    options = cfg.algorithm_options.get(cfg.algorithm) or algorithm.options()  # its own eps and std estimator
+    adv, zero_std = explicit_advantages(rewards, G, eps=options.eps, unbiased=options.unbiased_std)  # [N], [B]
+    batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)  # [N], [N]
+    needed = algorithm.logprobs(options)
+    old_keys = [key for key, reference in needed.items() if not reference]
+    source = old_policy_source(cfg, batch, n)
     with _timer(metrics, "time/logprobs"):
-        if cfg.algorithm == "gift":
-            reference = cfg.gift.implicit_baseline is ImplicitBaseline.REFERENCE
-            batch["baseline_logprobs"] = parts.policy.logprobs(batch, reference=reference)
-        else:
-            batch["old_logprobs"] = parts.policy.logprobs(batch)
-            if cfg.grpo.beta_kl > 0:
-                batch["reference_logprobs"] = parts.policy.logprobs(batch, reference=True)
+        for key, reference in needed.items():
+            if reference or source == "recomputed":
+                batch[key] = parts.policy.logprobs(batch, reference=reference)  # [N, S]
+            elif source == "engine":
+                batch[key] = batch["rollout_logprobs"]  # [N, S]
+    if old_keys:
+        metrics.update({f"logprobs/pi_old_from_{s}": float(s == source) for s in OLD_POLICY_SOURCES})
     step_metrics = []
     rows_per_mini = cfg.mini_batch_prompts * G
     with _timer(metrics, "time/update"):
         for start in range(0, n, rows_per_mini):
-            idx = torch.arange(start, start + rows_per_mini)
-            mini = select(batch, idx)
+            idx = torch.arange(start, start + rows_per_mini)  # [k*G]
+            mini = select(batch, idx)  # every field [k*G, ...]
+            own_baseline = bool(old_keys) and (source == "training_forward" or (source == "engine" and start == 0))
+            if own_baseline:  # the objective fills them from the training forward
+                mini = {key: value for key, value in mini.items() if key not in old_keys}
             mini["group_index"] = mini["group_index"] - start // G
             k = cfg.mini_batch_prompts
-            if cfg.algorithm == "gift":
-                zero = zero_std[start // G : start // G + k]
-                pairs = rows_per_mini - G * int(zero.sum()) if cfg.gift.drop_zero_std_groups else rows_per_mini
-                if pairs == 0:
-                    continue  # every group constant and dropped: nothing to learn from
-                moments = None
-                if cfg.micro_batch_size % G:
-                    # Micro-batches split groups: take the (detached) group statistics of s from a
-                    # forward-only pass at this step's weights, which every micro-batch shares.
-                    s_now = implicit_rewards(
-                        parts.policy.logprobs(mini), mini["baseline_logprobs"], mini["loss_mask"],
-                        cfg.gift.implicit_reward, cfg.gift.length_exponent,
-                    )
-                    moments = group_moments(s_now, mini["group_index"], k)
-                objective = gift_objective(cfg.gift, num_pairs=pairs, num_groups=k, implicit_moments=moments)
-            else:
-                mask = mini["loss_mask"]
-                objective = grpo_objective(
-                    cfg.grpo, num_tokens=int(mask.sum()), num_sequences=rows_per_mini, num_groups=k
-                )
+            step = MiniBatchStep(
+                batch=mini, num_groups=k, group_size=G, zero_std=zero_std[start // G : start // G + k],
+                micro_batch_size=cfg.micro_batch_size, policy=parts.policy,
+                max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
+            )
+            objective = algorithm.objective(options, step)
+            if objective is None:
+                continue  # nothing to learn from (e.g. every group constant and dropped)
+            if own_baseline:
+                objective = with_training_forward_as(objective, old_keys)
             step_metrics.append(parts.policy.train_step(mini, objective, group_size=G))
     metrics.update({f"train/{k}": v for k, v in _mean_metrics(step_metrics).items()} if step_metrics else {})
     metrics.update(_first_vs_later(step_metrics, ("z_a_corr", "degenerate_implicit_std_frac")))
@@ -221,11 +258,12 @@ def rollout_step(parts: LoopParts, cfg: LoopConfig, step: int) -> dict[str, floa
     sampling = dataclasses.replace(cfg.sampling, seed=_step_seed(cfg.seed, step, parts.dp_rank, "train"))
     with _timer(metrics, "time/rollout"):
         prompt_ids, responses, logprobs, rewards, reasons = generate_and_score(
-            parts, records, cfg.group_size, sampling
+            parts, records, cfg.group_size, sampling, policy_logprobs=cfg.reuse_engine_logprobs
         )
     parts.engine.sleep()  # its memory goes to training until the refit below wakes it
     n = len(responses)
     index = [i // cfg.group_size for i in range(n)]
+    # tokens, labels, loss_mask [N, S] (S padded to pad_multiple), rollout log-probs [N, S]
     batch = build_token_batch(prompt_ids, responses, index, parts.pad_token_id, logprobs, cfg.pad_multiple)
     metrics["train/reward"] = float(rewards.mean())
     metrics["train/accuracy"] = sum(r == "correct" for r in reasons) / n

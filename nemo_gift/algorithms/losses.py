@@ -3,7 +3,8 @@
 Each loss is a plain function returning ``(loss, metrics)``: ``loss`` is a 0-dim
 tensor carrying the graph, ``metrics`` a dict of detached 0-dim tensors (no host
 sync). Symbols as in :mod:`nemo_gift.algorithms.normalization`: N pairs
-(responses) in this call, T tokens, K groups, G responses per prompt.
+(responses) in this call, T tokens, K groups, G responses per prompt; ``# []`` marks a
+0-dim tensor.
 
 Global normalizers: ``gift_loss(num_pairs=...)`` and ``grpo_loss(num_tokens=...,
 num_sequences=...)`` divide the local sum by a count over the whole global batch,
@@ -57,7 +58,7 @@ def _normalizer(given: Optional[Count], local: torch.Tensor, name: str) -> torch
 
 def _present_groups(group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
     """[K] bool: groups with at least one local member."""
-    return torch.zeros(num_groups, dtype=torch.bool, device=group_index.device).index_fill_(0, group_index, True)
+    return torch.zeros(num_groups, dtype=torch.bool, device=group_index.device).index_fill_(0, group_index, True)  # [K]
 
 
 def _advantages(
@@ -76,15 +77,15 @@ def _advantages(
         adv, zero_std = explicit_advantages(
             rewards, group_index=group_index, num_groups=num_groups, eps=eps, unbiased=unbiased
         )
-        return adv.to(dtype), zero_std
+        return adv.to(dtype), zero_std  # [N], [K]
     if advantages.shape != group_index.shape:
         raise ValueError(f"advantages must be [N={group_index.shape[0]}], got {tuple(advantages.shape)}")
-    adv = advantages.detach().to(dtype)
+    adv = advantages.detach().to(dtype)  # [N]
     check_finite(adv, "advantages")
     # Injected A: a group is zero-std when all its (local) A are exactly 0, the convention of
     # explicit_advantages. With partial groups this is a local view.
-    nonzero = torch.zeros(num_groups, dtype=torch.bool, device=adv.device).index_fill_(0, group_index[adv != 0], True)
-    return adv, _present_groups(group_index, num_groups) & ~nonzero
+    nonzero = torch.zeros(num_groups, dtype=torch.bool, device=adv.device).index_fill_(0, group_index[adv != 0], True)  # [K]
+    return adv, _present_groups(group_index, num_groups) & ~nonzero  # [N], [K]
 
 
 def gift_loss(
@@ -144,14 +145,15 @@ def gift_loss(
     """
     cfg = config if config is not None else GiftLossConfig()
     n = policy_logprobs.shape[0]
-    gi, k = resolve_groups(n, group_size, group_index, num_groups, policy_logprobs.device)
+    gi, k = resolve_groups(n, group_size, group_index, num_groups, policy_logprobs.device)  # [N], K
     s = implicit_rewards(
         policy_logprobs, baseline_logprobs, mask, cfg.implicit_reward, cfg.length_exponent
     )  # [N]
     adv, zero_std = _advantages(rewards, advantages, gi, k, cfg.eps, cfg.unbiased_std, s.dtype)  # [N], [K]
     if implicit_moments is None:
-        implicit_moments = group_moments(s, gi, k, all_reduce=moments_all_reduce)
-    zs = zscore_from_moments(
+        implicit_moments = group_moments(s, gi, k, all_reduce=moments_all_reduce)  # count, mean, m2: [K] each
+    implicit_moments = GroupMoments(*(t.to(s.dtype) for t in implicit_moments))  # the guard's floor in s's dtype
+    zs = zscore_from_moments(  # z [N]; mean, std, degenerate [K]
         s,
         gi,
         implicit_moments,
@@ -165,15 +167,15 @@ def gift_loss(
     sq = err * err  # [N]
     if cfg.drop_zero_std_groups:
         keep = ~zero_std[gi]  # [N]
-        sq = torch.where(keep, sq, torch.zeros_like(sq))
-        local_pairs = keep.sum().to(s.dtype)
+        sq = torch.where(keep, sq, torch.zeros_like(sq))  # [N]
+        local_pairs = keep.sum().to(s.dtype)  # []
     else:
-        local_pairs = torch.tensor(float(n), dtype=s.dtype, device=s.device)
-    denom = _normalizer(num_pairs, local_pairs, "num_pairs")
-    loss = sq.sum() / denom
+        local_pairs = torch.tensor(float(n), dtype=s.dtype, device=s.device)  # []
+    denom = _normalizer(num_pairs, local_pairs, "num_pairs")  # []
+    loss = sq.sum() / denom  # []
 
     present = _present_groups(gi, k)  # [K]
-    s_d = s.detach()
+    s_d = s.detach()  # [N]
     metrics = detached(
         loss=loss,
         z_a_corr=group_pearson(zs.z, adv, gi, k),
@@ -190,12 +192,12 @@ def gift_loss(
 
 def _kl(policy: torch.Tensor, reference: torch.Tensor, estimator: KlEstimator) -> torch.Tensor:
     """Per-token KL(pi_theta || pi_ref) estimate; log r = log pi_ref - log pi_theta. [N, T]."""
-    log_r = reference - policy
+    log_r = reference - policy  # [N, T]
     if estimator is KlEstimator.K1:
-        return -log_r
+        return -log_r  # [N, T]
     if estimator is KlEstimator.K2:
-        return 0.5 * log_r * log_r
-    return torch.expm1(log_r) - log_r  # k3 = exp(log r) - log r - 1
+        return 0.5 * log_r * log_r  # [N, T]
+    return torch.expm1(log_r) - log_r  # [N, T]; k3 = exp(log r) - log r - 1
 
 
 def grpo_loss(
@@ -254,7 +256,7 @@ def grpo_loss(
     if use_kl and (reference_logprobs is None or reference_logprobs.shape != mask.shape):
         raise ValueError(f"beta_kl={cfg.beta_kl} > 0 needs reference_logprobs of shape {tuple(mask.shape)}")
     n = policy_logprobs.shape[0]
-    gi, k = resolve_groups(n, group_size, group_index, num_groups, policy_logprobs.device)
+    gi, k = resolve_groups(n, group_size, group_index, num_groups, policy_logprobs.device)  # [N], K
     dtype = torch.promote_types(policy_logprobs.dtype, torch.float32)
     valid = mask if mask.dtype == torch.bool else mask != 0  # [N, T]
     check_finite_logprobs(valid, policy_logprobs=policy_logprobs, old_logprobs=old_logprobs,
@@ -265,34 +267,34 @@ def grpo_loss(
         raise ValueError(f"response {i} is fully masked (mask[{i}] has no valid token)")
     adv, zero_std = _advantages(rewards, advantages, gi, k, cfg.eps, cfg.unbiased_std, dtype)  # [N], [K]
 
-    zero = torch.zeros((), dtype=dtype, device=policy_logprobs.device)
+    zero = torch.zeros((), dtype=dtype, device=policy_logprobs.device)  # []
     logp = torch.where(valid, policy_logprobs.to(dtype), zero)  # [N, T]
-    log_ratio = logp - torch.where(valid, old_logprobs.to(dtype), zero)
+    log_ratio = logp - torch.where(valid, old_logprobs.to(dtype), zero)  # [N, T]
     ratio = torch.exp(log_ratio)  # [N, T]
     a = adv[:, None]  # [N, 1]
     low, high = cfg.clip_low, cfg.clip_high
     clipped = ((a > 0) & (ratio > high)) | ((a < 0) & (ratio < low))  # [N, T]
-    bound = torch.where(ratio > high, torch.full_like(ratio, high), torch.full_like(ratio, low))
+    bound = torch.where(ratio > high, torch.full_like(ratio, high), torch.full_like(ratio, low))  # [N, T]
     per_token_pg = -torch.where(clipped, bound * a, ratio * a)  # [N, T]
     if use_kl:
-        ref = torch.where(valid, reference_logprobs.to(dtype), zero)
+        ref = torch.where(valid, reference_logprobs.to(dtype), zero)  # [N, T]
         per_token_kl = _kl(logp, ref, cfg.kl_estimator)  # [N, T]
     else:
-        per_token_kl = torch.zeros_like(per_token_pg)
+        per_token_kl = torch.zeros_like(per_token_pg)  # [N, T]
 
-    lengths_f = lengths.to(dtype)
+    lengths_f = lengths.to(dtype)  # [N]
 
     def aggregate(per_token: torch.Tensor) -> torch.Tensor:
-        per_token = torch.where(valid, per_token, zero)
+        per_token = torch.where(valid, per_token, zero)  # [N, T]
         if cfg.aggregation is LossAggregation.TOKEN_MEAN:
-            return per_token.sum() / _normalizer(num_tokens, lengths_f.sum(), "num_tokens")
+            return per_token.sum() / _normalizer(num_tokens, lengths_f.sum(), "num_tokens")  # []
         per_seq = per_token.sum(dim=-1) / lengths_f  # [N]
-        return per_seq.sum() / _normalizer(num_sequences, torch.tensor(float(n), dtype=dtype, device=per_seq.device), "num_sequences")
+        return per_seq.sum() / _normalizer(num_sequences, torch.tensor(float(n), dtype=dtype, device=per_seq.device), "num_sequences")  # []
 
-    policy_loss = aggregate(per_token_pg)
-    kl = aggregate(per_token_kl)
-    loss = policy_loss + cfg.beta_kl * kl if use_kl else policy_loss
-    n_valid = lengths_f.sum()
+    policy_loss = aggregate(per_token_pg)  # []
+    kl = aggregate(per_token_kl)  # []
+    loss = policy_loss + cfg.beta_kl * kl if use_kl else policy_loss  # []
+    n_valid = lengths_f.sum()  # []
     metrics = detached(
         loss=loss,
         policy_loss=policy_loss,
@@ -335,8 +337,8 @@ def dpo_loss(
         check_finite(value, name)
     chosen = beta * (policy_chosen_logps - reference_chosen_logps)  # [P]
     rejected = beta * (policy_rejected_logps - reference_rejected_logps)  # [P]
-    margin = chosen - rejected
-    loss = -F.logsigmoid(margin).mean()
+    margin = chosen - rejected  # [P]
+    loss = -F.logsigmoid(margin).mean()  # []
     metrics = detached(
         loss=loss,
         reward_accuracy=(margin > 0).to(margin.dtype).mean(),
@@ -377,6 +379,6 @@ def una_loss(
     check_finite(policy_logps, "policy_logps")
     check_finite(reference_logps, "reference_logps")
     implicit = beta * (policy_logps - reference_logps)  # [N]
-    err = implicit - rewards.detach().to(implicit.dtype)
-    loss = (err * err).mean()
+    err = implicit - rewards.detach().to(implicit.dtype)  # [N]
+    loss = (err * err).mean()  # []
     return loss, detached(loss=loss, implicit_reward_mean=implicit.mean(), reward_mean=rewards.detach().to(implicit.dtype).mean())

@@ -61,9 +61,9 @@ def check_finite(values: torch.Tensor, name: str, where: Optional[torch.Tensor] 
 
     ``where`` (a bool mask of ``values``' shape, e.g. the response mask) limits the check to the
     positions that count: padding may hold anything."""
-    bad = ~torch.isfinite(values.detach())
+    bad = ~torch.isfinite(values.detach())  # shape of values
     if where is not None:
-        bad = bad & (where if where.dtype == torch.bool else where != 0)
+        bad = bad & (where if where.dtype == torch.bool else where != 0)  # shape of values
     if bool(bad.any()):
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         at = idx[0] if len(idx) == 1 else ", ".join(map(str, idx))
@@ -74,9 +74,9 @@ def check_finite_logprobs(valid: torch.Tensor, **logprobs: Optional[torch.Tensor
     """Raise ValueError naming the tensor and the [i, t] of the first NaN/inf log-prob at a valid
     token (``valid`` [N, T] bool), among the named tensors (None skipped). One host sync."""
     given = {k: v for k, v in logprobs.items() if v is not None}
-    bad = torch.zeros_like(valid)
+    bad = torch.zeros_like(valid)  # [N, T] bool
     for v in given.values():
-        bad = bad | ~torch.isfinite(v.detach())
+        bad = bad | ~torch.isfinite(v.detach())  # [N, T]
     if bool((bad & valid).any()):
         for name, v in given.items():
             check_finite(v, name, where=valid)
@@ -86,8 +86,8 @@ def response_lengths(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     """|y_i| = sum_t m_{i,t}. mask [N, T] (bool or 0/1) -> [N] of ``dtype``."""
     if mask.dim() != 2:
         raise ValueError(f"mask must be [N, T], got shape {tuple(mask.shape)}")
-    m = mask if mask.dtype == torch.bool else mask != 0
-    return m.sum(dim=-1).to(dtype)
+    m = mask if mask.dtype == torch.bool else mask != 0  # [N, T] bool
+    return m.sum(dim=-1).to(dtype)  # [N]
 
 
 def implicit_rewards(
@@ -135,17 +135,17 @@ def implicit_rewards(
     valid = mask if mask.dtype == torch.bool else mask != 0  # [N, T]
     check_finite_logprobs(valid, policy_logprobs=policy_logprobs, baseline_logprobs=baseline_logprobs)
     log_ratio = policy_logprobs.to(dtype) - baseline_logprobs.to(dtype)  # [N, T]
-    log_ratio = torch.where(valid, log_ratio, torch.zeros((), dtype=dtype, device=log_ratio.device))
+    log_ratio = torch.where(valid, log_ratio, torch.zeros((), dtype=dtype, device=log_ratio.device))  # [N, T]
     s = log_ratio.sum(dim=-1)  # [N]
     lengths = valid.sum(dim=-1)  # [N] int
-    bad = (lengths == 0) | ~torch.isfinite(s)
+    bad = (lengths == 0) | ~torch.isfinite(s)  # [N]
     if bool(bad.any()):  # one host sync for both checks
         i = int(torch.nonzero(bad)[0, 0])
         if int(lengths[i]) == 0:
             raise ValueError(f"response {i} is fully masked (mask[{i}] has no valid token)")
         raise ValueError(f"implicit reward s[{i}] = {s[i].item()} is not finite: a log-prob at a valid token of response {i} is NaN or inf")
     if p != 0.0:
-        s = s / lengths.to(dtype).pow(p)
+        s = s / lengths.to(dtype).pow(p)  # [N]
     return s
 
 
@@ -156,7 +156,7 @@ def contiguous_group_index(num_responses: int, group_size: int, device: Optional
         raise ValueError(
             f"N={num_responses} responses do not split into whole groups of group_size={group_size}"
         )
-    return torch.arange(num_responses, device=device) // group_size
+    return torch.arange(num_responses, device=device) // group_size  # [N]
 
 
 def resolve_groups(
@@ -174,7 +174,7 @@ def resolve_groups(
     if (group_size is None) == (group_index is None):
         raise ValueError("pass exactly one of group_size (contiguous groups) or group_index (with num_groups)")
     if group_index is None:
-        gi = contiguous_group_index(num_responses, group_size, device)
+        gi = contiguous_group_index(num_responses, group_size, device)  # [N]
         return gi, num_responses // group_size
     if num_groups is None or isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"num_groups={num_groups!r} must be an int >= 1 when group_index is given")
@@ -190,7 +190,7 @@ def resolve_groups(
 
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """sqrt with a zero (not infinite) gradient at 0, so a zero std cannot produce NaN grads."""
-    pos = x > 0
+    pos = x > 0  # shape of x
     return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
@@ -205,13 +205,13 @@ class GroupMoments(NamedTuple):
     def from_power_sums(cls, count: torch.Tensor, total: torch.Tensor, sumsq: torch.Tensor) -> "GroupMoments":
         """Build from (n, sum x, sum x^2), e.g. after one all-reduce of the three. Less accurate
         than :func:`group_moments` when the mean is large against the spread."""
-        mean = total / count.clamp_min(1)
-        return cls(count, mean, (sumsq - total * mean).clamp_min(0))
+        mean = total / count.clamp_min(1)  # [K]
+        return cls(count, mean, (sumsq - total * mean).clamp_min(0))  # count, mean, m2: [K] each
 
     def std(self, unbiased: bool = True) -> torch.Tensor:
         """[K] std, sqrt(M2 / (n - 1)) if unbiased else sqrt(M2 / n); 0 where n <= 1."""
-        dof = (self.count - 1) if unbiased else self.count
-        return _safe_sqrt(self.m2 / dof.clamp_min(1))
+        dof = (self.count - 1) if unbiased else self.count  # [K]
+        return _safe_sqrt(self.m2 / dof.clamp_min(1))  # [K]
 
     def detach(self) -> "GroupMoments":
         return GroupMoments(self.count.detach(), self.mean.detach(), self.m2.detach())
@@ -232,15 +232,15 @@ def group_moments(
     if values.dim() != 1 or group_index.shape != values.shape:
         raise ValueError(f"values and group_index must both be [N], got {tuple(values.shape)} and {tuple(group_index.shape)}")
     zeros = values.new_zeros(num_groups)  # [K]
-    count = zeros.index_add(0, group_index, torch.ones_like(values).detach())
-    total = zeros.index_add(0, group_index, values)
+    count = zeros.index_add(0, group_index, torch.ones_like(values).detach())  # [K]
+    total = zeros.index_add(0, group_index, values)  # [K]
     if all_reduce is not None:
         count, total = all_reduce(torch.stack([count, total]))  # [2, K]
     mean = total / count.clamp_min(1)  # [K]
     dev = values - mean[group_index]  # [N]
-    m2 = zeros.index_add(0, group_index, dev * dev)
+    m2 = zeros.index_add(0, group_index, dev * dev)  # [K]
     if all_reduce is not None:
-        m2 = all_reduce(m2)
+        m2 = all_reduce(m2)  # [K]
     return GroupMoments(count, mean, m2)
 
 
@@ -301,11 +301,11 @@ def zscore_from_moments(
     std = moments.std(unbiased)  # [K]
     degenerate = std.detach() < guard_value  # [K]
     if guard is StdGuard.NONE:
-        denom = std + eps
+        denom = std + eps  # [K]
     elif guard is StdGuard.STD_FLOOR:
-        denom = std.clamp_min(guard_value) + eps
+        denom = std.clamp_min(guard_value) + eps  # [K]
     else:  # CENTER_ONLY
-        denom = torch.where(degenerate, torch.ones_like(std), std + eps)
+        denom = torch.where(degenerate, torch.ones_like(std), std + eps)  # [K]
     z = (values - mean[group_index]) / denom[group_index]  # [N]
     return GroupZScore(z, mean, std, degenerate)
 
@@ -323,8 +323,8 @@ def group_zscore(
     detach_stats: bool = True,
 ) -> GroupZScore:
     """Local group z-score of ``values`` [N]: :func:`group_moments` then :func:`zscore_from_moments`."""
-    gi, k = resolve_groups(values.shape[0], group_size, group_index, num_groups, values.device)
-    moments = group_moments(values, gi, k)
+    gi, k = resolve_groups(values.shape[0], group_size, group_index, num_groups, values.device)  # [N], K
+    moments = group_moments(values, gi, k)  # count, mean, m2: [K] each
     return zscore_from_moments(
         values, gi, moments, eps=eps, unbiased=unbiased, guard=guard, guard_value=guard_value, detach_stats=detach_stats
     )
@@ -364,16 +364,16 @@ def explicit_advantages(
     out_dtype = accumulation_dtype(rewards.dtype)
     r = rewards.detach().to(torch.float64)  # [N]
     check_finite(r, "rewards")
-    gi, k = resolve_groups(r.shape[0], group_size, group_index, num_groups, r.device)
-    moments = group_moments(r, gi, k)
+    gi, k = resolve_groups(r.shape[0], group_size, group_index, num_groups, r.device)  # [N], K
+    moments = group_moments(r, gi, k)  # count, mean, m2: [K] each
     _check_counts(moments, gi)
     std = moments.std(unbiased)  # [K]
     if not bool(torch.isfinite(std).all()):
         g = int(torch.nonzero(~torch.isfinite(std))[0, 0])
         raise ValueError(f"group {g}: the std of its rewards is {std[g].item()} (rewards too large to normalize)")
-    gmax = r.new_zeros(k).scatter_reduce(0, gi, r, "amax", include_self=False)
-    gmin = r.new_zeros(k).scatter_reduce(0, gi, r, "amin", include_self=False)
+    gmax = r.new_zeros(k).scatter_reduce(0, gi, r, "amax", include_self=False)  # [K]
+    gmin = r.new_zeros(k).scatter_reduce(0, gi, r, "amin", include_self=False)  # [K]
     zero_std = (gmax == gmin) & (moments.count > 0)  # [K]
     adv = (r - moments.mean[gi]) / (std[gi] + eps)  # [N]
-    adv = torch.where(zero_std[gi], torch.zeros_like(adv), adv)
-    return ExplicitAdvantages(adv.to(out_dtype), zero_std)
+    adv = torch.where(zero_std[gi], torch.zeros_like(adv), adv)  # [N]
+    return ExplicitAdvantages(adv.to(out_dtype), zero_std)  # [N], [K]

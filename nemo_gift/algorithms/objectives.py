@@ -12,7 +12,7 @@ Micro-batch fields read: ``labels``/``loss_mask`` [b, S] always; GIFT: ``baselin
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -70,4 +70,19 @@ def nll_objective(*, num_tokens: int) -> Callable:
     return objective
 
 
-__all__ = ["gift_objective", "grpo_objective", "nll_objective"]
+def with_training_forward_as(objective: Callable, keys: Sequence[str]) -> Callable:
+    """``objective`` with each batch key of ``keys`` (pi_old's log-probs) set to the training
+    forward's own log-probs, detached: exact when the optimizer step is the first at the weights
+    that generated the batch (one step per rollout batch), and no separate pi_old forward runs.
+
+    Then GIFT's s_i = sum_t m (log pi - sg(log pi)) is 0 in value with ds/dtheta = sum_t m dlog pi,
+    and GRPO's ratio exp(log pi - sg(log pi)) is 1 with d ratio = d log pi (sg: stop-gradient)."""
+
+    def objective_with_own_baseline(logprobs, mb):
+        own = logprobs.detach()  # [b, S]
+        return objective(logprobs, {**mb, **{key: own for key in keys}})
+
+    return objective_with_own_baseline
+
+
+__all__ = ["gift_objective", "grpo_objective", "nll_objective", "with_training_forward_as"]

@@ -19,7 +19,8 @@ Keys that do not change the trajectory (:data:`NOT_TRAJECTORY`), and why:
   optimizers store their state differently), another embedding table (TP not dividing
   ``model.vocab_size``), or format 1;
 - memory knobs of the same computation: ``trainer.micro_batch_size`` (the loss is normalized
-  over the mini-batch, whatever the micro-batch count), ``trainer.logprob_chunk_size``,
+  over the mini-batch, whatever the micro-batch count), ``trainer.max_tokens_per_micro_batch`` (likewise),
+  ``trainer.logprob_chunk_size``, ``parallel.fused_lm_head_logprobs``,
   ``init.offload_reference``, ``rollout.trtllm_gpu_memory_fraction``, ``reward.device``,
   ``reward.batch_size``, ``reward.math_verify_workers``;
 - persistence and observability: ``checkpoint.*`` (RNG states are checkpointed, so saving more
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ CHANGES_FILE = "config_changes.jsonl"
 
 NOT_TRAJECTORY = (
     "parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size", "parallel.sequence_parallel",
-    "parallel.use_distributed_optimizer", "parallel.transformer_impl", "cluster.*",
-    "trainer.micro_batch_size", "trainer.logprob_chunk_size", "init.offload_reference",
+    "parallel.use_distributed_optimizer", "parallel.transformer_impl", "parallel.fused_lm_head_logprobs", "cluster.*",
+    "trainer.micro_batch_size", "trainer.max_tokens_per_micro_batch", "trainer.logprob_chunk_size",
+    "init.offload_reference",
     "rollout.trtllm_gpu_memory_fraction", "reward.device", "reward.batch_size", "reward.math_verify_workers",
     "checkpoint.*", "logging.*", "name", "run_dir", "job", "export.*", "sft.cache_dir",
     "trainer.eval_every", "data.eval_size", "data.eval_dataset", "data.eval_path", "rollout.eval_temperature",

@@ -1,7 +1,7 @@
 """The typed run configuration: every key a recipe in ``conf/`` may set, and its validation.
 
 A recipe is composed by Hydra (``defaults:`` overlays), then becomes a :class:`RunConfig`
-through :func:`nemo_gift.config.convert.from_dict` (unknown keys and wrong types fail, naming
+through :func:`nemo_gift.utils.convert.from_dict` (unknown keys and wrong types fail, naming
 the key), and :func:`validate` checks the whole before any work starts: the parallel layout
 against the model and the world size, the batch arithmetic, G >= 2, lengths, paths, and the
 extras that the chosen engine, FP8 or NeMo-Aligner need.
@@ -16,372 +16,31 @@ optimizer steps per rollout batch); each mini-batch runs in micro-batches of
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from nemo_gift.algorithms.config import GiftLossConfig, GrpoLossConfig
-from nemo_gift.config.checks import check_choice, check_path, check_range, check_safe_name, check_writable_dir
-from nemo_gift.config.convert import ConfigError, from_dict, to_dict
-from nemo_gift.launcher.cluster import ClusterConfig
+from nemo_gift.algorithms.registry import default_options, get_algorithm, option_types
+from nemo_gift.algorithms.rollout import padded_length
+from nemo_gift.config.cluster import ClusterConfig
+from nemo_gift.config.sections import (
+    MAX_SEED,
+    CheckpointConfig,
+    DataConfig,
+    ExportConfig,
+    InitConfig,
+    LoggingConfig,
+    OptimConfig,
+    RewardConfig,
+    RolloutConfig,
+    SftConfig,
+    TokenizerConfig,
+    TrainerConfig,
+)
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
-
-DatasetKind = Literal["arithmetic", "gsm8k", "math", "dapo", "aime", "infinity_instruct"]
-
-# The verifier each dataset is scored with, unless reward.verifier says otherwise.
-DEFAULT_VERIFIER = {"arithmetic": "arithmetic", "gsm8k": "gsm8k", "math": "math", "dapo": "dapo", "aime": "aime"}
-MAX_SEED = 2**32 - 1
-"""Seeds are non-negative 32-bit integers (numpy's limit; offsets are added to them)."""
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-"""Data files the loaders read (nemo_gift.data.sources); a directory may hold several."""
-
-
-@dataclasses.dataclass
-class InitConfig:
-    """Where the policy's weights come from."""
-
-    hf_checkpoint: str | None = None
-    """A local Hugging Face directory (config.json + safetensors); None builds ``model`` randomly."""
-    trust_remote_code: bool = False
-    """Passed to transformers when reading the checkpoint's config and tokenizer. Off by default."""
-    offload_reference: bool = False
-    """Keep the frozen reference model in host memory between uses (frees GPU memory)."""
-
-    def check_paths(self) -> None:
-        check_path("init.hf_checkpoint", self.hf_checkpoint, "dir")
-
-    def check_vocab(self, vocab_size: int) -> None:
-        """``model.vocab_size`` equals the checkpoint's (its config.json), where it can be read here."""
-        path = Path(self.hf_checkpoint or "") / "config.json"
-        if self.hf_checkpoint and path.is_file():
-            try:
-                hf_vocab = json.loads(path.read_text()).get("vocab_size", vocab_size)
-            except (OSError, ValueError, AttributeError) as err:
-                raise ConfigError(f"init.hf_checkpoint: {path} is not a JSON config: {err}") from None
-            if hf_vocab != vocab_size:
-                raise ConfigError(f"model.vocab_size={vocab_size} != {hf_vocab}, the vocab_size of {path}")
-
-
-@dataclasses.dataclass
-class TokenizerConfig:
-    kind: Literal["char", "hf"] = "char"
-    """``char``: the synthetic task's character tokenizer. ``hf``: a local transformers tokenizer."""
-    path: str | None = None
-    """Directory of the ``hf`` tokenizer (defaults to init.hf_checkpoint)."""
-
-    def check_paths(self) -> None:
-        check_path("tokenizer.path", self.path, "dir")
-
-
-@dataclasses.dataclass
-class ArithmeticTaskConfig:
-    """The synthetic CPU task: the fields of nemo_gift.data.synthetic.ArithmeticConfig, by name."""
-
-    min_digits: int = 1
-    max_digits: int = 3
-    operators: list[Literal["+", "-", "*"]] = dataclasses.field(default_factory=lambda: ["+"])
-    reverse_answer: bool = False
-    heldout_fraction: float = 0.05
-    teacher_carry_drop: float = 0.0
-    """Share of SFT demonstrations of ``+`` whose carries a flawed teacher dropped (RL rewards stay exact)."""
-    scratchpad_rate: float = 0.0
-    """Share of SFT demonstrations of ``+`` written as ``<sum reversed> <answer>`` (score them with
-    ``reward.verifier=arithmetic_scratchpad``, which reads the last field only)."""
-    pool_size: int | None = None
-    """RL prompts, distinct and stratified by difficulty, also the train-eval set
-    (nemo_gift/data/arithmetic_sets.py); None: a stream of training prompts with repeats."""
-    wrong_key_prompts: int = 0
-    """Extra RL prompts keyed with the carry-less answer, scored as ``memo/pass@1`` (needs a pool)."""
-
-    def __post_init__(self):
-        self.task_config()
-
-    def task_config(self):
-        """The nemo_gift.data.synthetic.ArithmeticConfig of these fields (it checks their values)."""
-        from nemo_gift.data.synthetic import ArithmeticConfig
-
-        try:
-            return ArithmeticConfig(**dataclasses.asdict(self))
-        except ValueError as err:
-            raise ConfigError(f"data.arithmetic: {err}") from None
-
-    def shortest_prompt(self) -> int:
-        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
-        return 2 * self.min_digits + 3
-
-
-@dataclasses.dataclass
-class DataConfig:
-    dataset: DatasetKind = "arithmetic"
-    """Training prompts' schema."""
-    train_path: str | None = None
-    """Local jsonl / parquet / save_to_disk directory (not needed for ``arithmetic``)."""
-    eval_dataset: DatasetKind | None = None
-    """Held-out schema; defaults to ``dataset`` (e.g. ``aime`` for DAPO training)."""
-    eval_path: str | None = None
-    """Held-out prompts (not needed for ``arithmetic``: its held-out split is generated)."""
-    eval_size: int = 256
-    """Held-out prompts scored at each evaluation."""
-    seed: int | None = None
-    """Seed of the synthetic task's training pool and held-out set; None: the run's ``seed``
-    (an experiment fixes it so that every run is scored on the same held-out prompts)."""
-    template: Literal["plain", "chat"] = "plain"
-    """``chat`` applies the tokenizer's chat template; ``plain`` uses the prompt text as is."""
-    max_prompt_length: int = 1024
-    """Longer prompts are filtered out of the training and held-out prompts (in tokens, template
-    included), with a count in the log; no prompt left is an error."""
-    arithmetic: ArithmeticTaskConfig = dataclasses.field(default_factory=ArithmeticTaskConfig)
-
-    def __post_init__(self):
-        check_range("data.eval_size", self.eval_size, low=1)
-        check_range("data.max_prompt_length", self.max_prompt_length, low=1)
-        check_range("data.seed", self.seed, low=0, high=MAX_SEED)
-
-    def check_paths(self) -> None:
-        for key in ("train_path", "eval_path"):
-            value = getattr(self, key)
-            check_path(f"data.{key}", value, "any")
-            if value is not None and Path(value).is_file() and Path(value).suffix not in DATA_SUFFIXES:
-                raise ConfigError(f"data.{key}={value}: the loaders read {', '.join(DATA_SUFFIXES)} files")
-
-
-@dataclasses.dataclass
-class RewardConfig:
-    kind: Literal["verifier", "reward_model"] = "verifier"
-    """Explicit reward: a rule-based verifier (RLVR) or a sequence-classifier reward model (RLHF)."""
-    verifier: str | None = None
-    """Verifier name; defaults to the dataset's."""
-    timeout_s: float = 5.0
-    """Hard per-response limit of the math-equivalence check (``math``, ``dapo``), in seconds."""
-    math_verify_workers: int = 2
-    """Worker processes of the math-equivalence pool (checks of one batch run in parallel)."""
-    reward_model_path: str | None = None
-    """Local directory of the reward model (``kind: reward_model``)."""
-    length_normalize: bool = True
-    """Divide the reward-model score by sqrt(response tokens), as the paper does for RLHF."""
-    batch_size: int = 8
-    """Reward-model scoring batch."""
-    device: str = "cpu"
-    """Device of the reward model (e.g. ``cuda:7`` to keep it off the policy's GPUs)."""
-
-    def __post_init__(self):
-        from nemo_gift.rewards import verifier_names
-
-        check_range("reward.timeout_s", self.timeout_s, low=0, low_open=True)
-        check_range("reward.math_verify_workers", self.math_verify_workers, low=1)
-        check_range("reward.batch_size", self.batch_size, low=1)
-        if self.verifier is not None:
-            check_choice("reward.verifier", self.verifier, verifier_names())
-        try:
-            torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ConfigError(f"reward.device={self.device!r} is not a torch device (cpu, cuda, cuda:N)") from None
-
-    def check_paths(self) -> None:
-        check_path("reward.reward_model_path", self.reward_model_path, "dir")
-
-    def check_task(self, data: DataConfig) -> None:
-        """The reward fits the dataset: the synthetic task and the real datasets read different answers."""
-        if self.kind == "reward_model":
-            if self.reward_model_path is None:
-                raise ConfigError("reward.kind=reward_model needs reward.reward_model_path")
-            if data.dataset == "arithmetic":
-                raise ConfigError("reward.kind=reward_model does not score data.dataset=arithmetic; use its verifier")
-            return
-        verifier = self.verifier or DEFAULT_VERIFIER.get(data.dataset)
-        if verifier is None:
-            raise ConfigError(
-                f"no verifier for data.dataset={data.dataset}; set reward.verifier or reward.kind=reward_model"
-            )
-        if data.dataset == "arithmetic":
-            from nemo_gift.data.synthetic import ArithmeticTask
-
-            wanted = ArithmeticTask(data.arithmetic.task_config()).verifier_name  # the task's own answer format
-            if self.verifier is not None and self.verifier != wanted:
-                a = data.arithmetic
-                raise ConfigError(
-                    f"reward.verifier={self.verifier} does not score data.dataset=arithmetic with "
-                    f"data.arithmetic.reverse_answer={a.reverse_answer} and scratchpad_rate={a.scratchpad_rate}; "
-                    f"use {wanted} (or null)"
-                )
-        elif verifier.startswith("arithmetic"):  # the synthetic task's verifiers read bare integers
-            raise ConfigError(
-                f"reward.verifier={verifier} scores only the synthetic task, not data.dataset={data.dataset}"
-            )
-
-
-@dataclasses.dataclass
-class RolloutConfig:
-    engine: Literal["torch", "trtllm"] = "torch"
-    """``torch``: the KV-cached engine on the policy's own model (anywhere). ``trtllm``: GPUs."""
-    group_size: int = 8
-    """G, responses per prompt (the author's scripts: 16). Must be >= 2."""
-    temperature: float = 1.0
-    """Sampling temperature of the training rollouts; > 0 (0 would be greedy: G equal responses)."""
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 disables top-k; 1 is refused (greedy, as temperature 0)."""
-    max_new_tokens: int = 1024
-    eval_temperature: float = 0.0
-    """0 is greedy decoding: pass@1 at evaluation."""
-    trtllm_gpu_memory_fraction: float = 0.5
-    """Share of free GPU memory the TensorRT-LLM KV cache may take."""
-
-    def __post_init__(self):
-        check_range("rollout.group_size", self.group_size, low=2)  # GIFT and GRPO normalize within a group
-        check_range("rollout.temperature", self.temperature, low=0)
-        check_range("rollout.top_p", self.top_p, low=0, high=1, low_open=True)
-        check_range("rollout.top_k", self.top_k, low=0)
-        for key, greedy in (("temperature", self.temperature == 0), ("top_k", self.top_k == 1)):
-            if greedy:  # TensorRT-LLM 1.2 also refuses n > 1 under greedy decoding (SamplingParams)
-                raise ConfigError(
-                    f"rollout.{key}={getattr(self, key)} decodes greedily: the G={self.group_size} responses of a "
-                    "prompt would be identical, every group's std 0 and the loss 0. Sample (temperature > 0, "
-                    "top_k 0 or >= 2); greedy decoding is for evaluation (rollout.eval_temperature=0)"
-                )
-        check_range("rollout.max_new_tokens", self.max_new_tokens, low=1)
-        check_range("rollout.eval_temperature", self.eval_temperature, low=0)
-        check_range("rollout.trtllm_gpu_memory_fraction", self.trtllm_gpu_memory_fraction, low=0, high=1,
-                    low_open=True)
-
-
-@dataclasses.dataclass
-class OptimConfig:
-    lr: float = 3e-6
-    """GIFT 3e-6, GRPO 1e-6 in the paper."""
-    min_lr: float = 0.0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    clip_grad: float = 1.0
-    """Global grad-norm clipping (GIFT has no other clipping)."""
-
-    def __post_init__(self):
-        check_range("optim.lr", self.lr, low=0, low_open=True)
-        check_range("optim.min_lr", self.min_lr, low=0, high=self.lr)
-        check_range("optim.warmup_steps", self.warmup_steps, low=0)
-        check_range("optim.weight_decay", self.weight_decay, low=0)
-        for key in ("adam_beta1", "adam_beta2"):
-            check_range(f"optim.{key}", getattr(self, key), low=0, high=1, high_open=True)
-        check_range("optim.clip_grad", self.clip_grad, low=0, low_open=True)
-
-
-@dataclasses.dataclass
-class SftConfig:
-    """Supervised warm start before RL (the tiny CPU task needs it; real recipes start from an
-    instruct model and set steps: 0)."""
-
-    steps: int = 0
-    batch_size: int = 64
-    lr: float = 1e-3
-    cache_dir: str | None = None
-    """If set, the warm-started weights are cached there and reused by runs with the same model,
-    task and SFT settings (the experiment's runs share one warm start)."""
-    seed: int | None = None
-    """Seed of the model's initialization and of the warm start's examples; None: the run's
-    ``seed``. Runs that differ only in ``seed`` but share this one share one warm start."""
-
-    def __post_init__(self):
-        check_range("sft.steps", self.steps, low=0)
-        check_range("sft.batch_size", self.batch_size, low=1)
-        check_range("sft.lr", self.lr, low=0, low_open=True)
-        check_range("sft.seed", self.seed, low=0, high=MAX_SEED)
-
-    def check_paths(self) -> None:
-        check_writable_dir("sft.cache_dir", self.cache_dir)
-
-
-@dataclasses.dataclass
-class TrainerConfig:
-    algorithm: Literal["gift", "grpo"] = "gift"
-    max_steps: int = 100
-    """Rollout steps (each: B prompts, G responses, then the mini-batch updates)."""
-    epochs: int | None = None
-    """If set, max_steps = epochs * len(train prompts) / B (the paper: 15)."""
-    prompts_per_step: int = 16
-    """B, the rollout (train) batch in prompts (the paper: 1024)."""
-    mini_batch_prompts: int = 16
-    """Prompts per optimizer step (the paper: 256)."""
-    micro_batch_size: int = 16
-    """Sequences per forward/backward on one data-parallel rank."""
-    eval_every: int = 10
-    """Evaluate held-out pass@1 every k rollout steps (and at step 0 and the end); 0 disables."""
-    logprob_chunk_size: int | None = None
-    """Sequence chunk of the vocab-parallel log-prob reduction (bounds its memory)."""
-
-    def __post_init__(self):
-        for key in ("max_steps", "epochs", "prompts_per_step", "mini_batch_prompts", "micro_batch_size",
-                    "logprob_chunk_size"):
-            check_range(f"trainer.{key}", getattr(self, key), low=1)
-        check_range("trainer.eval_every", self.eval_every, low=0)
-
-
-@dataclasses.dataclass
-class CheckpointConfig:
-    every: int = 0
-    """Save every k rollout steps (and at the end); 0 saves only at the end."""
-    keep_last: int = 2
-    resume: str = "auto"
-    """``auto``: continue from the latest checkpoint in RUN_DIR/checkpoints if any; ``never``;
-    or a checkpoint directory."""
-    resume_config_change: Literal["refuse", "allow"] = "refuse"
-    """A resume whose config changes the trajectory (nemo_gift.config.resume lists what does)
-    is refused, naming the keys; ``allow`` continues with the new values (LR schedule included)
-    and records the change in RUN_DIR/config_changes.jsonl."""
-
-    def __post_init__(self):
-        check_range("checkpoint.every", self.every, low=0)
-        check_range("checkpoint.keep_last", self.keep_last, low=1)
-        if not str(self.resume).strip():
-            raise ConfigError("checkpoint.resume='' is empty; use auto, never or a checkpoint directory")
-
-    def check_paths(self) -> None:
-        if self.resume not in ("auto", "never"):
-            check_path("checkpoint.resume", self.resume, "dir")
-
-
-@dataclasses.dataclass
-class LoggingConfig:
-    tensorboard: bool = True
-    wandb: bool = False
-    """Logs to Weights & Biases when also installed."""
-    wandb_project: str = "nemo_gift"
-    progress_bar: bool = True
-    plots: bool = True
-    """Write PNG curves to RUN_DIR/plots at the end."""
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    """``job: export``: a project checkpoint to a Hugging Face directory (``conf/export.yaml``)."""
-
-    checkpoint: str | None = None
-    """A checkpoint directory (``.../step_000042``) or a checkpoints root (its latest one)."""
-    hf_out: str | None = None
-    """The new (or empty) output directory."""
-    hf_source: str | None = None
-    """The HF directory the run started from: its tokenizer files and generation config are copied."""
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """Cast the weights; null keeps the checkpoint's dtype."""
-    max_shard_gb: float = 5.0
-    """Largest safetensors shard, in GiB."""
-
-    def __post_init__(self):
-        check_range("export.max_shard_gb", self.max_shard_gb, low=0, low_open=True)
-
-    def command(self, python: str) -> list[str]:
-        """The ``python -m nemo_gift.export`` command line of this job."""
-        cmd = [python, "-m", "nemo_gift.export", "--checkpoint", str(self.checkpoint), "--hf-out", str(self.hf_out),
-               "--max-shard-gb", str(self.max_shard_gb)]
-        if self.hf_source:
-            cmd += ["--hf-source", self.hf_source]
-        if self.dtype:
-            cmd += ["--dtype", self.dtype]
-        return cmd
+from nemo_gift.utils.checks import check_path, check_range, check_safe_name, check_writable_dir
+from nemo_gift.utils.convert import SECTIONS, ConfigError, from_dict, to_dict
 
 
 @dataclasses.dataclass
@@ -395,27 +54,48 @@ class RunConfig:
     seed: int = 1234
     """Seed of the prompt order and sampling (and, unless set apart, of data and model init)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The policy architecture (nemo_gift/models/policy/config.py); must match ``init.hf_checkpoint``."""
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    """TP, PP (DP = world / (TP*PP)), dtype, layer implementation and FP8 of the policy."""
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    """Where the policy's weights come from (a Hugging Face checkpoint, or random)."""
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    """The tokenizer: the synthetic task's characters or a local transformers one."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """The training and held-out prompts."""
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    """The explicit reward r: a verifier or a reward model."""
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    """The rollout engine, G and the sampling of the responses."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    """The algorithm, the batch sizes (B, mini-batch, micro-batch) and the run length."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """The policy's optimizer and LR schedule."""
     sft: SftConfig = dataclasses.field(default_factory=SftConfig)
-    gift: GiftLossConfig = dataclasses.field(default_factory=GiftLossConfig)
-    grpo: GrpoLossConfig = dataclasses.field(default_factory=GrpoLossConfig)
+    """The supervised warm start before RL."""
+    algorithm_options: dict[str, Any] = dataclasses.field(
+        default_factory=default_options, metadata={SECTIONS: option_types})
+    """The options of every algorithm of :data:`nemo_gift.algorithms.registry.ALGORITHMS`, by name.
+    The YAML writes each as a section named as its entry (``gift:``, ``grpo:``), typed and checked
+    by the entry's options dataclass; ``trainer.algorithm`` picks the one the run uses."""
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    """When to save, how many to keep, and how to resume."""
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    """Where the metrics go (RUN_DIR/metrics.jsonl always)."""
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    """Where the run executes: here (local) or on Slurm, and its world size."""
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    """``job: export``: the checkpoint to convert to Hugging Face."""
 
     def __post_init__(self):
         check_safe_name("name", self.name)
         check_range("seed", self.seed, low=0, high=MAX_SEED)
         if not str(self.run_dir).strip():
             raise ConfigError("run_dir='' is empty: it would write into the current directory; give a directory")
+
+    def loss_options(self):
+        """The options of the run's algorithm (``trainer.algorithm``)."""
+        return self.algorithm_options[self.trainer.algorithm]
 
 
 def _check_paths(cfg: RunConfig) -> None:
@@ -451,23 +131,22 @@ def _check_task(cfg: RunConfig) -> None:
         cfg.init.check_vocab(vocab)
 
 
-def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
-    """Cross-field checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
+def _check_export(cfg: RunConfig) -> None:
+    """``job: export`` names its checkpoint and output, and runs in one process."""
+    for key in ("checkpoint", "hf_out"):
+        if getattr(cfg.export, key) is None:
+            raise ConfigError(f"job=export needs export.{key}")
+    _check_paths(cfg)
+    if cfg.cluster.world_size != 1:
+        raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
 
-    Single values (finite, in range, registered names) are checked by each section's ``__post_init__``."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if cfg.job == "export":
-        for key in ("checkpoint", "hf_out"):
-            if getattr(cfg.export, key) is None:
-                raise ConfigError(f"job=export needs export.{key}")
-        _check_paths(cfg)
-        if cfg.cluster.world_size != 1:
-            raise ConfigError(f"job=export runs in one process; got {cfg.cluster.world_size} ranks from cluster")
-        return cfg
-    tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
-    world = cfg.cluster.world_size
+
+def _check_layout(cfg: RunConfig, cuda: bool) -> None:
+    """The parallel layout fits the model, the world size and the device."""
+    tp = cfg.parallel.tensor_model_parallel_size
     try:
-        cfg.parallel.validate_for(cfg.model, world_size=world, cuda=cuda or cfg.cluster.executor == "slurm")
+        cfg.parallel.validate_for(cfg.model, world_size=cfg.cluster.world_size,
+                                  cuda=cuda or cfg.cluster.executor == "slurm")
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if cfg.model.vocab_size % tp:
@@ -476,7 +155,25 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"parallel.tensor_model_parallel_size={tp}: training would pad the vocabulary, and the "
             "log-prob reduction does not mask padded columns yet"
         )
-    dp = world // (tp * pp)
+
+
+def _check_token_budget(cfg: RunConfig) -> None:
+    """``trainer.max_tokens_per_micro_batch`` holds the longest possible row."""
+    budget = cfg.trainer.max_tokens_per_micro_batch
+    if budget is None:
+        return
+    longest = padded_length(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, cfg.parallel.sequence_pad_multiple)
+    if budget < longest:
+        raise ConfigError(
+            f"trainer.max_tokens_per_micro_batch={budget} cannot hold one row of up to {longest} tokens "
+            f"(data.max_prompt_length + rollout.max_new_tokens, padded to parallel.sequence_pad_multiple)"
+        )
+
+
+def _check_batches(cfg: RunConfig) -> None:
+    """B, the mini-batch and the micro-batch divide each other, in whole groups per DP rank."""
+    p = cfg.parallel
+    dp = cfg.cluster.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
     G, t = cfg.rollout.group_size, cfg.trainer
     if t.prompts_per_step % t.mini_batch_prompts:
         raise ConfigError(
@@ -495,17 +192,16 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
             f"per data-parallel rank of a mini-batch (mini_batch_prompts * group_size / DP); "
             "it would leave a partial or empty accumulation step"
         )
-    if t.algorithm == "gift" and not cfg.gift.detach_implicit_stats and t.micro_batch_size % G:
-        raise ConfigError(
-            f"gift.detach_implicit_stats=false needs whole groups in each micro-batch: "
-            f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of rollout.group_size={G}"
-        )
-    if cfg.rollout.engine == "torch" and pp > 1:
+
+
+def _check_rollout(cfg: RunConfig, cuda: bool) -> None:
+    """The engine fits the layout, and prompt plus response fit the model's positions."""
+    r, pp = cfg.rollout, cfg.parallel.pipeline_model_parallel_size
+    if r.engine == "torch" and pp > 1:
         raise ConfigError(
             f"rollout.engine=torch generates on the policy's own model and needs "
             f"parallel.pipeline_model_parallel_size=1 (got {pp}); use rollout.engine=trtllm with PP"
         )
-    r = cfg.rollout
     if cfg.data.max_prompt_length + r.max_new_tokens > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.max_prompt_length + rollout.max_new_tokens = "
@@ -518,6 +214,10 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
         problems = config_problems(cfg, cuda)
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def _check_data(cfg: RunConfig) -> None:
+    """Real datasets have their files, and the tokenizer and the reward fit the dataset."""
     d = cfg.data
     if d.dataset != "arithmetic" and d.train_path is None:
         raise ConfigError(f"data.train_path is required for data.dataset={d.dataset}")
@@ -531,6 +231,23 @@ def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
     cfg.reward.check_task(d)
     if cfg.tokenizer.kind == "hf" and (cfg.tokenizer.path or cfg.init.hf_checkpoint) is None:
         raise ConfigError("tokenizer.kind=hf needs tokenizer.path or init.hf_checkpoint")
+
+
+def validate(cfg: RunConfig, cuda: bool | None = None) -> RunConfig:
+    """Cross-section checks and paths; raise :class:`ConfigError` naming the key. Returns ``cfg``.
+
+    Single values (finite, in range, one of the choices) are checked by each section's own
+    ``__post_init__``; the algorithm's options against the rest by its registry entry's ``check``."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cfg.job == "export":
+        _check_export(cfg)
+        return cfg
+    _check_layout(cfg, cuda)
+    _check_batches(cfg)
+    _check_token_budget(cfg)
+    get_algorithm(cfg.trainer.algorithm).check(cfg.loss_options(), cfg)
+    _check_rollout(cfg, cuda)
+    _check_data(cfg)
     if cfg.cluster.executor == "local" and cfg.cluster.backend == "nccl" and not cuda:
         raise ConfigError("cluster.backend=nccl needs CUDA; use cluster.backend=gloo on CPU")
     _check_task(cfg)

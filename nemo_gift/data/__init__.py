@@ -4,7 +4,8 @@
   Infinity-Instruct from local JSONL / Parquet / ``save_to_disk`` directories, each
   row normalized into a `PromptRecord`.
 - `render_prompt`, `filter_by_prompt_length`: chat or plain templates.
-- `ArithmeticTask`, `CharTokenizer`, `ArithmeticVerifier`: the learnable CPU task.
+- `ArithmeticTask`, `CharTokenizer`: the learnable CPU task (its verifier is
+  `nemo_gift.rewards.arithmetic.ArithmeticVerifier`).
 
 See docs/rewards-and-data.md.
 """
@@ -23,7 +24,6 @@ from nemo_gift.data.synthetic import (
     ArithmeticConfig,
     ArithmeticProblem,
     ArithmeticTask,
-    ArithmeticVerifier,
     CharTokenizer,
     Operator,
     Split,
@@ -53,7 +53,6 @@ __all__ = [
     "ArithmeticConfig",
     "ArithmeticProblem",
     "ArithmeticTask",
-    "ArithmeticVerifier",
     "CharTokenizer",
     "ChatMessage",
     "DatasetError",

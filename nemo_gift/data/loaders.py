@@ -78,6 +78,12 @@ def _user(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
+def _record(dataset: DatasetName, prompt: str | list[dict[str, str]], ground_truth: str,
+            meta: dict[str, Any]) -> PromptRecord:
+    """A record of ``dataset``, scored by the dataset's own verifier (:attr:`DatasetName.verifier`)."""
+    return PromptRecord(prompt, ground_truth, dataset.value, dataset.verifier, meta)
+
+
 def _extras(row: Row, used: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in row.data.items() if k not in used}
 
@@ -93,7 +99,7 @@ def gsm8k_record(row: Row, instruction: str | None = None) -> PromptRecord:
         raise row.error("answer", f"the text after '####' is not a number: {final[:40]!r}")
     prompt = with_instruction(question, GSM8K_INSTRUCTION if instruction is None else instruction)
     meta = {"solution": answer, **_extras(row, ("question", "answer"))}
-    return PromptRecord(_user(prompt), gold, DatasetName.GSM8K.value, "gsm8k", meta)
+    return _record(DatasetName.GSM8K, _user(prompt), gold, meta)
 
 
 def math_record(row: Row, instruction: str | None = None) -> PromptRecord:
@@ -107,7 +113,7 @@ def math_record(row: Row, instruction: str | None = None) -> PromptRecord:
     prompt = with_instruction(problem, BOXED_INSTRUCTION if instruction is None else instruction)
     meta = {"solution": solution, "level": level, "type": kind}
     meta.update(_extras(row, ("problem", "solution", "level", "type")))
-    return PromptRecord(_user(prompt), strip_wrappers(boxed), DatasetName.MATH.value, "math", meta)
+    return _record(DatasetName.MATH, _user(prompt), strip_wrappers(boxed), meta)
 
 
 def _chat(row: Row, field_name: str) -> list[dict[str, str]]:
@@ -136,7 +142,7 @@ def dapo_record(row: Row, instruction: str | None = None) -> PromptRecord:
     if not gold:
         raise row.error("reward_model.ground_truth", "empty after stripping $...$ / \\boxed{}")
     meta = _extras(row, ("prompt",))
-    return PromptRecord(messages, gold, DatasetName.DAPO.value, "dapo", meta)
+    return _record(DatasetName.DAPO, messages, gold, meta)
 
 
 def aime_record(row: Row, instruction: str | None = None) -> PromptRecord:
@@ -149,7 +155,7 @@ def aime_record(row: Row, instruction: str | None = None) -> PromptRecord:
         raise row.error(answer_name, f"expected an integer 0-999, got {answer[:40]!r}")
     prompt = with_instruction(problem, BOXED_INSTRUCTION if instruction is None else instruction)
     meta = _extras(row, (name, answer_name))
-    return PromptRecord(_user(prompt), gold, DatasetName.AIME.value, "aime", meta)
+    return _record(DatasetName.AIME, _user(prompt), gold, meta)
 
 
 def infinity_instruct_record(row: Row, instruction: str | None = None) -> PromptRecord:
@@ -173,7 +179,7 @@ def infinity_instruct_record(row: Row, instruction: str | None = None) -> Prompt
         meta["reference_response"] = messages.pop()["content"]
     if not messages or messages[-1]["role"] != "user":
         raise row.error("conversations", "no human turn to answer (expected ... human[, gpt])")
-    return PromptRecord(messages, "", DatasetName.INFINITY_INSTRUCT.value, None, meta)
+    return _record(DatasetName.INFINITY_INSTRUCT, messages, "", meta)
 
 
 RowConverter = Callable[[Row, "str | None"], PromptRecord]

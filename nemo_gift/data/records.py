@@ -11,8 +11,11 @@ ChatMessage = dict[str, str]
 
 
 class DatasetName(str, enum.Enum):
-    """The schemas the loaders know (see `nemo_gift.data.loaders`)."""
+    """The schemas the loaders know (see `nemo_gift.data.loaders`), and the run config's
+    ``data.dataset`` choices."""
 
+    ARITHMETIC = "arithmetic"
+    """The synthetic CPU task (generated, not loaded)."""
     GSM8K = "gsm8k"
     MATH = "math"
     """MATH-lighteval."""
@@ -21,8 +24,20 @@ class DatasetName(str, enum.Enum):
     AIME = "aime"
     """AIME 2024."""
     INFINITY_INSTRUCT = "infinity_instruct"
-    ARITHMETIC = "arithmetic"
-    """The synthetic CPU task (generated, not loaded)."""
+
+    def __str__(self) -> str:  # the value in messages (``data.dataset=gsm8k``), as a Literal would print
+        return self.value
+
+    @property
+    def verifier(self) -> str | None:
+        """The verifier that scores this dataset's records (a `nemo_gift.rewards` registry name;
+        the synthetic task's reversed and scratchpad variants have their own), unless the run's
+        ``reward.verifier`` names another; None: no rule scores them (a reward model does)."""
+        return _VERIFIERS.get(self)
+
+
+_VERIFIERS = {DatasetName.ARITHMETIC: "arithmetic", DatasetName.GSM8K: "gsm8k", DatasetName.MATH: "math",
+              DatasetName.DAPO: "dapo", DatasetName.AIME: "aime"}
 
 
 @dataclass(frozen=True)

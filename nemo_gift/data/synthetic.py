@@ -51,16 +51,16 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from nemo_gift.data.records import DatasetName, PromptRecord
-from nemo_gift.rewards.extract import canonical_integer, clip
-from nemo_gift.rewards.results import Reason, VerifyResult
+from nemo_gift.rewards.arithmetic import ArithmeticVerifier
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+SPLIT_SALT = "nemo_gift.arith.v1"
+"""The default salt of the split hash (:meth:`ArithmeticTask.split_of`)."""
 DEFAULT_ALPHABET = "0123456789+-*= "
 
 
@@ -143,21 +143,20 @@ class Split(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ArithmeticConfig:
-    """Difficulty knobs of the synthetic task."""
+    """Difficulty knobs of the synthetic task; also the run config's ``data.arithmetic`` section
+    (``operators`` is written ``["+", "-"]`` there, and its errors name ``data.arithmetic``);
+    :class:`ArithmeticTask` holds the two knobs that are not run config keys."""
 
     min_digits: int = 1
     """Fewest digits of an operand."""
     max_digits: int = 3
     """Most digits of an operand (each operand's length is uniform in [min, max])."""
     operators: tuple[Operator, ...] = (Operator.ADD,)
+    """The operators a problem draws from, uniformly."""
     reverse_answer: bool = False
     """Write the answer least-significant digit first (much easier)."""
-    allow_negative: bool = False
-    """For SUB: allow a < b (negative answers); otherwise the operands are ordered."""
     heldout_fraction: float = 0.05
     """Share of the problem space that is held out."""
-    split_salt: str = "nemo_gift.arith.v1"
-    """Changing it reshuffles which problems are held out."""
     teacher_carry_drop: float = 0.0
     """Share of the supervised (SFT) demonstrations of ``+`` written by a flawed teacher that
     drops every carry (``58+67`` -> ``15``, digit-wise sums mod 10). RL rewards stay exact."""
@@ -195,12 +194,21 @@ class ArithmeticConfig:
         if self.wrong_key_prompts < 0 or (self.wrong_key_prompts and self.pool_size is None):
             raise ValueError(f"wrong_key_prompts={self.wrong_key_prompts} must be >= 0, and > 0 only with a pool_size")
 
+    def shortest_prompt(self) -> int:
+        """Tokens of the task's shortest prompt: ``<bos>``, two min_digits operands, operator, ``=``."""
+        return 2 * self.min_digits + 3
+
 
 @dataclass(frozen=True)
 class ArithmeticProblem:
+    """One problem ``a op b``."""
+
     a: int
+    """The left operand."""
     op: Operator
+    """The operator."""
     b: int
+    """The right operand."""
 
     @property
     def answer(self) -> int:
@@ -264,10 +272,17 @@ def format_answer(value: int, reverse: bool = False) -> str:
 
 
 class ArithmeticTask:
-    """Seeded problems, splits, records and SFT examples for the synthetic task."""
+    """Seeded problems, splits, records and SFT examples for the synthetic task.
 
-    def __init__(self, config: ArithmeticConfig | None = None) -> None:
+    Two knobs are not in :class:`ArithmeticConfig` (so not in the run config): ``allow_negative``
+    lets SUB draw a < b (negative answers; otherwise the operands are ordered), and changing
+    ``split_salt`` reshuffles which problems are held out."""
+
+    def __init__(self, config: ArithmeticConfig | None = None, *, allow_negative: bool = False,
+                 split_salt: str = SPLIT_SALT) -> None:
         self.config = config or ArithmeticConfig()
+        self.allow_negative = allow_negative
+        self.split_salt = split_salt
         self.tokenizer = CharTokenizer()
 
     @property
@@ -281,7 +296,7 @@ class ArithmeticTask:
                                   final_field_only=self.config.scratchpad_rate > 0)
 
     def split_of(self, problem: ArithmeticProblem) -> Split:
-        digest = hashlib.blake2b(f"{self.config.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{self.split_salt}|{problem.canonical()}".encode(), digest_size=8).digest()
         u = int.from_bytes(digest, "big") / 2.0**64
         return Split.HELDOUT if u < self.config.heldout_fraction else Split.TRAIN
 
@@ -294,7 +309,7 @@ class ArithmeticTask:
         """One problem from the task distribution (either split)."""
         a, b = self._operand(rng), self._operand(rng)
         op = rng.choice(self.config.operators)
-        if op is Operator.SUB and not self.config.allow_negative and a < b:
+        if op is Operator.SUB and not self.allow_negative and a < b:
             a, b = b, a
         return ArithmeticProblem(a, op, b)
 
@@ -355,57 +370,3 @@ class ArithmeticTask:
             target = format_answer(problem.carryless_answer, reverse)
         answer = self.tokenizer.encode(target, add_special_tokens=False, add_eos=True)
         return prompt + answer, [0] * len(prompt) + [1] * len(answer)
-
-
-_INTEGER_RE = re.compile(r"-?[0-9]+")
-
-
-class ArithmeticVerifier:
-    """Exact integer match of the response, read up to EOS, with the ground truth.
-
-    The response is the decoded text before EOS (a literal ``"<eos>"`` left by a
-    decode that kept special tokens also ends it), stripped of surrounding
-    whitespace. With ``final_field_only`` (the scratchpad format) only its last
-    space-separated field is read: ``"521 125"`` answers 125 whatever comes before
-    it. Empty or not an integer: NO_ANSWER. With ``reverse_answer``, the
-    digits are un-reversed first (``"-52"`` -> -25). Ground truths are canonical
-    integers. No integer conversion of long strings; no timeout needed.
-    """
-
-    def __init__(
-        self, reverse_answer: bool = False, correct_reward: float = 1.0, incorrect_reward: float = 0.0,
-        final_field_only: bool = False,
-    ) -> None:
-        self.reverse_answer = reverse_answer
-        self.final_field_only = final_field_only
-        base = "arithmetic_scratchpad" if final_field_only else "arithmetic"
-        self.name = f"{base}_reversed" if reverse_answer else base
-        self.correct_reward = correct_reward
-        self.incorrect_reward = incorrect_reward
-
-    def _result(self, reason: Reason, extracted: str | None, detail: str | None = None) -> VerifyResult:
-        reward = self.correct_reward if reason is Reason.CORRECT else self.incorrect_reward
-        return VerifyResult(reward, reason, clip(extracted), detail)
-
-    def __call__(self, response: str, ground_truth: str) -> VerifyResult:
-        text = str(response).split("<eos>", 1)[0].strip()
-        if self.final_field_only:
-            text = text.rsplit(" ", 1)[-1]
-        if not text:
-            return self._result(Reason.NO_ANSWER, None)
-        if _INTEGER_RE.fullmatch(text) is None:
-            return self._result(Reason.NO_ANSWER, text, "not_an_integer")
-        gold = canonical_integer(str(ground_truth))
-        if gold is None:
-            return self._result(Reason.ERROR, text, "gold_unparsable")
-        if self.reverse_answer:
-            sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
-            value = canonical_integer(sign + digits[::-1])
-        else:
-            value = canonical_integer(text)
-        return self._result(Reason.CORRECT if value == gold else Reason.WRONG, text)
-
-    def verify_batch(self, responses: Sequence[str], ground_truths: Sequence[str]) -> list[VerifyResult]:
-        if len(responses) != len(ground_truths):
-            raise ValueError(f"{self.name}: {len(responses)} responses but {len(ground_truths)} ground truths")
-        return [self(r, g) for r, g in zip(responses, ground_truths)]

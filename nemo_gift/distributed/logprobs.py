@@ -42,9 +42,17 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from nemo_gift.distributed.parallel import collective_device
+__all__ = ["vocab_parallel_logprobs", "broadcast_from_last_stage", "collective_device"]
 
-__all__ = ["vocab_parallel_logprobs", "broadcast_from_last_stage"]
+
+def collective_device(group=None) -> torch.device:
+    """Where a buffer that ``group``'s collectives receive into must live: the current CUDA
+    device on an NCCL group, the CPU on gloo. A receive buffer allocated without a device is
+    on the CPU, which NCCL rejects."""
+    backend = dist.get_backend(group)
+    if "nccl" in str(backend).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _tp_layout(group: Optional[dist.ProcessGroup]) -> tuple[int, int]:

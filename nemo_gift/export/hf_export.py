@@ -7,7 +7,7 @@ files copied from the source HF directory (``hf_source``). ``AutoModelForCausalL
 
 Two entry points, both streaming, tensor by tensor:
 - :func:`export_model`: a live model at any TP/PP, collectively; it consumes
-  :func:`nemo_gift.export.mapping.export_hf_tensors` on every model-parallel rank and one rank
+  :func:`nemo_gift.models.policy.hf_weights.export_hf_tensors` on every model-parallel rank and one rank
   writes. At most one shard (``max_shard_bytes``) plus one full tensor is held in memory.
 - :func:`export_checkpoint`: a project checkpoint (:mod:`nemo_gift.models.policy.checkpoint`)
   offline, in one process and without any process group, from its ``dist_checkpointing``
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-from nemo_gift.export import mapping
+from nemo_gift.models.policy import hf_weights
 from nemo_gift.models.policy.config import ModelConfig
 from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
@@ -111,7 +111,7 @@ def _write_assets(out: Path, cfg: ModelConfig, hf_source: str | os.PathLike | No
         if not (src / "config.json").is_file():
             raise FileNotFoundError(f"hf_source {src} has no config.json")
         base = json.loads((src / "config.json").read_text())
-    config = {**base, **mapping.model_config_to_hf_config(cfg, dtype)}
+    config = {**base, **hf_weights.model_config_to_hf_config(cfg, dtype)}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if src is not None and (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
@@ -140,8 +140,8 @@ def write_hf_directory(
     has no config). ``dtype`` casts the tensors (default: keep theirs).
     """
     out = _prepare_out(out_dir)
-    mapping.check_representable(cfg)
-    shapes = mapping.expected_hf_shapes(cfg)
+    hf_weights.check_representable(cfg)
+    shapes = hf_weights.expected_hf_shapes(cfg)
     writer = _ShardWriter(out, max_shard_bytes, _as_dtype(dtype))
     for name, tensor in tensors:
         if name not in shapes:
@@ -169,7 +169,7 @@ def export_model(
     """Export a live megatron-core model; collective, call it on every rank.
 
     The model-parallel group of data-parallel replica 0 streams
-    :func:`~nemo_gift.export.mapping.export_hf_tensors`; its rank with TP rank 0 and PP rank 0
+    :func:`~nemo_gift.models.policy.hf_weights.export_hf_tensors`; its rank with TP rank 0 and PP rank 0
     writes. All ranks wait at a barrier until the directory is complete. Returns the
     directory on the writing rank, None elsewhere.
     """
@@ -192,7 +192,7 @@ def export_model(
         raise FileExistsError(problem)
     out = None
     if ps.get_data_parallel_rank() == 0:
-        stream = mapping.export_hf_tensors(model, cfg)
+        stream = hf_weights.export_hf_tensors(model, cfg)
         if writes:
             out = write_hf_directory(
                 out_dir, cfg, stream, hf_source=hf_source, dtype=dtype, max_shard_bytes=max_shard_bytes
@@ -234,6 +234,6 @@ def export_checkpoint(
 
     def tensors():
         for name, full in checkpoint.iter_full_tensors(path):
-            yield from mapping.mcore_full_to_hf(name, full, cfg)
+            yield from hf_weights.mcore_full_to_hf(name, full, cfg)
 
     return write_hf_directory(out_dir, cfg, tensors(), hf_source=hf_source, dtype=dtype, max_shard_bytes=max_shard_bytes)

@@ -5,7 +5,7 @@ model at any TP/PP.
     model, cfg = build_from_hf("/models/Qwen3-32B", parallel)   # after parallel.initialize
 
 Everything that can be wrong with the input is checked before any tensor is read or converted:
-the architecture (:class:`~nemo_gift.export.mapping.UnsupportedModelError`), the weight files
+the architecture (:class:`~nemo_gift.models.policy.hf_weights.UnsupportedModelError`), the weight files
 (a shard named by ``model.safetensors.index.json`` that is absent), every tensor's name and
 shape (from the safetensors headers, against the shapes the config implies) and the layout (TP
 must divide the query and the key/value heads). Then each rank reads, tensor by tensor, only
@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from nemo_gift.export import mapping
+from nemo_gift.models.policy import hf_weights
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 
 __all__ = ["HFCheckpoint", "HFCheckpointError", "build_from_hf", "import_hf", "open_hf_checkpoint"]
@@ -61,7 +61,7 @@ class HFCheckpoint(Mapping):
         if not config_path.is_file():
             raise HFCheckpointError(f"{self.path}: no config.json; expected a Hugging Face model directory")
         self.config: dict[str, Any] = json.loads(config_path.read_text())
-        self.model_config: ModelConfig = mapping.hf_config_to_model_config(self.config)
+        self.model_config: ModelConfig = hf_weights.hf_config_to_model_config(self.config)
         files = self._weight_files()
         self.hf_shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
@@ -104,9 +104,9 @@ class HFCheckpoint(Mapping):
 
     def validate(self) -> None:
         """Check every name and shape against the config (``KeyError``/``ValueError`` from
-        :func:`mapping.check_hf_names_and_shapes`, re-raised as :class:`HFCheckpointError`)."""
+        :func:`hf_weights.check_hf_names_and_shapes`, re-raised as :class:`HFCheckpointError`)."""
         try:
-            mapping.check_hf_names_and_shapes(self.model_config, self.hf_shapes)
+            hf_weights.check_hf_names_and_shapes(self.model_config, self.hf_shapes)
         except (KeyError, ValueError) as err:
             msg = err.args[0] if err.args else str(err)
             raise HFCheckpointError(f"{self.path}: {msg}") from err
@@ -150,7 +150,7 @@ def import_hf(model, source: str | os.PathLike | HFCheckpoint, cfg: ModelConfig 
         if differ:
             raise HFCheckpointError(f"{ckpt.path}: config differs from the model's: {'; '.join(differ)}")
     try:
-        mapping.load_hf_tensors(model, ckpt.model_config, ckpt)
+        hf_weights.load_hf_tensors(model, ckpt.model_config, ckpt)
     finally:
         ckpt.close()
     return ckpt.model_config
@@ -159,7 +159,7 @@ def import_hf(model, source: str | os.PathLike | HFCheckpoint, cfg: ModelConfig 
 def build_from_hf(path: str | os.PathLike, parallel: ParallelConfig, *, world_size: int | None = None):
     """Validate, build this rank's stage and load it: ``(model, ModelConfig)``.
 
-    Call on every rank after :func:`nemo_gift.distributed.parallel.initialize` with the same
+    Call on every rank after :func:`nemo_gift.models.policy.parallel.initialize` with the same
     ``parallel``. The layout is checked against the checkpoint's config before anything is
     built (TP must divide the heads, the key/value heads and the MLP width; PP the layers).
     """

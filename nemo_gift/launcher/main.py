@@ -21,10 +21,45 @@ import os
 import sys
 from pathlib import Path
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.launcher.process import RunDirBusy, RunDirLock, run_ranks
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# Old recipe name -> its recipe in conf/. A recipe is named <algorithm>_<model>_<task>_<N>n<G>g:
+# model is the checkpoint's directory name in lower case, task one of gsm8k, math, dapo, rlhf,
+# N nodes x G GPUs. The CPU recipes keep their quick-start names (gift_tiny, gift_tiny_scratchpad
+# and their GRPO twins: the tiny model, the arithmetic task, one CPU process).
+# tests/unit/launcher/test_recipe_names.py checks every name against its config.
+RECIPE_ALIASES = {
+    "gift_deepseek7b_gsm8k": "gift_deepseek-llm-7b-chat_gsm8k_1n8g",
+    "gift_deepseek7b_math": "gift_deepseek-llm-7b-chat_math_1n8g",
+    "gift_deepseek7b_rlhf": "gift_deepseek-llm-7b-chat_rlhf_2n8g",
+    "gift_qwen32b": "gift_qwen2.5-32b-instruct_gsm8k_4n8g",
+    "gift_qwen32b_math": "gift_qwen2.5-32b-instruct_math_4n8g",
+    "gift_qwen32b_rlhf": "gift_qwen2.5-32b-instruct_rlhf_4n8g",
+    "gift_qwen2.5-32b_dapo": "gift_qwen2.5-32b_dapo_4n8g",
+    "gift_qwen3-32b_dapo": "gift_qwen3-32b_dapo_4n8g",
+    "grpo_deepseek7b_gsm8k": "grpo_deepseek-llm-7b-chat_gsm8k_1n8g",
+    "grpo_deepseek7b_math": "grpo_deepseek-llm-7b-chat_math_1n8g",
+    "grpo_deepseek7b_rlhf": "grpo_deepseek-llm-7b-chat_rlhf_2n8g",
+    "grpo_qwen32b": "grpo_qwen2.5-32b-instruct_gsm8k_4n8g",
+    "grpo_qwen32b_math": "grpo_qwen2.5-32b-instruct_math_4n8g",
+    "grpo_qwen32b_rlhf": "grpo_qwen2.5-32b-instruct_rlhf_4n8g",
+    "grpo_qwen2.5-32b_dapo": "grpo_qwen2.5-32b_dapo_4n8g",
+    "grpo_qwen3-32b_dapo": "grpo_qwen3-32b_dapo_4n8g",
+}
+
+
+def resolve_recipe(name: str) -> str:
+    """The recipe a ``conf=NAME`` names: ``NAME`` itself, or what the old name ``NAME`` stands for
+    (:data:`RECIPE_ALIASES`), with a one-line note on stderr: the run's ``name`` (and so its
+    default ``run_dir``, ``runs/${name}``) is the new recipe's."""
+    if name in RECIPE_ALIASES:
+        new = RECIPE_ALIASES[name]
+        print(f"note: conf={name} is an alias of conf={new} (name and default run_dir: {new})", file=sys.stderr)
+        return new
+    return name
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
@@ -48,7 +83,8 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
 
 
 def compose(name: str, overrides: list[str], conf_dir: Path = DEFAULT_CONF_DIR) -> dict:
-    """Hydra-compose ``conf_dir/NAME.yaml`` with ``overrides``; interpolations resolved."""
+    """Hydra-compose ``conf_dir/NAME.yaml`` (NAME a recipe or an old name, :func:`resolve_recipe`)
+    with ``overrides``; interpolations resolved."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -57,13 +93,15 @@ def compose(name: str, overrides: list[str], conf_dir: Path = DEFAULT_CONF_DIR) 
 
     from hydra.core.config_store import ConfigStore
 
-    from nemo_gift.config.convert import to_dict
+    from nemo_gift.utils.convert import to_dict
     from nemo_gift.config.schema import RunConfig
 
     # Every schema key with its default, so that any key can be overridden without "+";
     # conf/base.yaml lists it first in its defaults. Types are checked after composition.
     ConfigStore.instance().store(name="schema_defaults", node=to_dict(RunConfig()))
     conf_dir = Path(conf_dir).resolve()
+    if not (conf_dir / f"{name}.yaml").is_file():
+        name = resolve_recipe(name)
     if not (conf_dir / f"{name}.yaml").is_file():
         known = sorted(p.stem for p in conf_dir.glob("*.yaml"))
         raise ConfigError(f"conf={name}: no {conf_dir / (name + '.yaml')}; recipes: {known}")

@@ -24,7 +24,7 @@ import json
 import math
 from pathlib import Path
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 
 GIB = 2**30
 RESERVE_GIB = 2.0
@@ -99,10 +99,11 @@ def layout(cfg) -> list[tuple[str, str]]:
 
 
 def needs_reference(cfg) -> bool:
-    """GIFT with ``implicit_baseline=reference``, or GRPO with ``beta_kl > 0``."""
-    if cfg.trainer.algorithm == "gift":
-        return getattr(cfg.gift.implicit_baseline, "value", cfg.gift.implicit_baseline) == "reference"
-    return cfg.grpo.beta_kl > 0
+    """Whether the algorithm keeps the frozen reference (its registry entry says: GIFT with
+    ``implicit_baseline=reference``, GRPO with ``beta_kl > 0``)."""
+    from nemo_gift.algorithms.registry import get_algorithm
+
+    return get_algorithm(cfg.trainer.algorithm).needs_reference(cfg.loss_options())
 
 
 def optimizer_terms(P: int, w: int, dp: int, distributed: bool) -> list[Term]:
@@ -151,12 +152,22 @@ def logits_bytes(cfg, s: int) -> float:
     """Last stage: the [b, s, V/TP] logits in w bytes, kept for backward (the gradient reuses
     their storage), plus the fp32 work of the vocab-parallel log-probs: ``4*r*V/TP`` bytes in
     forward and again in backward, r = ``trainer.logprob_chunk_size`` rows, or all ``b*s``
-    (:func:`nemo_gift.distributed.logprobs.vocab_parallel_logprobs`)."""
+    (:func:`nemo_gift.distributed.logprobs.vocab_parallel_logprobs`).
+
+    With ``parallel.fused_lm_head_logprobs`` no logits are kept: one ``[r, V/TP]`` chunk of
+    logits in w bytes, plus its fp32 copy when w < 4, r = ``trainer.logprob_chunk_size`` or
+    :func:`nemo_gift.distributed.fused_logprobs.default_chunk_rows`."""
     m, p = cfg.model, cfg.parallel
     tp, b = p.tensor_model_parallel_size, cfg.trainer.micro_batch_size
     v = m.padded_vocab_size(tp) / tp
+    w = _DTYPE_BYTES[p.params_dtype]
+    if p.fused_lm_head_logprobs:
+        from nemo_gift.distributed.fused_logprobs import default_chunk_rows
+
+        rows = min(cfg.trainer.logprob_chunk_size or default_chunk_rows(b * s, int(v), m.hidden_size), b * s)
+        return (w + (4 if w < 4 else 0)) * rows * v
     rows = min(cfg.trainer.logprob_chunk_size or b * s, b * s)
-    return _DTYPE_BYTES[p.params_dtype] * b * s * v + 8 * rows * v
+    return w * b * s * v + 8 * rows * v
 
 
 def kv_bytes_per_token(cfg) -> float:

@@ -22,7 +22,7 @@ What NeMo-Run 0.11.1 does not do, and this adapter does (read in
   ``shlex.quote`` (no protection against a newline in a comment line), writes
   ``export KEY={value}`` unquoted, joins the task's command unquoted, and its srun arguments pass
   an ``isinstance(arg, noquote)`` test that every ``str`` passes. So every value is checked by
-  :mod:`nemo_gift.launcher.cluster` (no control characters, a format per field), free-form env
+  :mod:`nemo_gift.config.cluster` (no control characters, a format per field), free-form env
   values and the command's words are ``shlex.quote``-d here, and the run directory must be a
   plain path: ``schedule`` runs ``sbatch --requeue --parsable PATH`` through a shell, unquoted;
 - the run directory mount in a container, ``--container-workdir``, extra ``#SBATCH`` options
@@ -41,8 +41,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from nemo_gift.config.convert import ConfigError
-from nemo_gift.launcher.cluster import ClusterConfig, check_value
+from nemo_gift.utils.convert import ConfigError
+from nemo_gift.config.cluster import ClusterConfig, check_value
 from nemo_gift.launcher.process import RunDirBusy
 
 JOB_FILE = ".slurm_job"

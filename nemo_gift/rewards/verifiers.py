@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nemo_gift.rewards import extract as ex
+from nemo_gift.rewards.arithmetic import ArithmeticVerifier
 from nemo_gift.rewards.equivalence import EquivStatus, MathEquivalencePool, get_default_pool
 from nemo_gift.rewards.results import Reason, Verifier, VerifyResult
 
@@ -223,8 +224,6 @@ _REGISTRY: dict[str, VerifierFactory] = {
 
 def _arithmetic(reverse: bool, final_field_only: bool = False) -> VerifierFactory:
     def make(config: VerifierConfig | None = None, pool: MathEquivalencePool | None = None) -> Verifier:
-        from nemo_gift.data.synthetic import ArithmeticVerifier  # data imports rewards: import lazily
-
         config = config or VerifierConfig()
         return ArithmeticVerifier(
             reverse_answer=reverse, correct_reward=config.correct_reward, incorrect_reward=config.incorrect_reward,

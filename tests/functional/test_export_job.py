@@ -14,11 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _save_tp2_checkpoint(rank, world_size, root):
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy import checkpoint
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
     from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
-    from nemo_gift.config.convert import to_dict
+    from nemo_gift.utils.convert import to_dict
 
     cfg = ModelConfig(arch="qwen2", num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
                       num_query_groups=2, vocab_size=64, max_position_embeddings=32, add_qkv_bias=True)

@@ -78,7 +78,7 @@ def gift_actor_config(model_cfg) -> GiftActorConfig:
     the defaults). An unknown key or a bad value raises ``ConfigError`` naming ``gift.<key>``."""
     from omegaconf import OmegaConf
 
-    from nemo_gift.config.convert import from_dict
+    from nemo_gift.utils.convert import from_dict
 
     node = model_cfg.get("gift", None) if model_cfg is not None else None
     data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})

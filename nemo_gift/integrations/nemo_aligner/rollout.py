@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Tuple
 
 import torch
 
-from nemo_gift.algorithms.config import ImplicitBaseline, coerce_enum, validate_group_size
+from nemo_gift.algorithms.config import GiftLossConfig, ImplicitBaseline, coerce_enum, validate_group_size
 from nemo_gift.algorithms.normalization import explicit_advantages, implicit_rewards
 
 __all__ = ["GIFT_BATCH_KEYS", "response_mask", "group_by_prompt", "build_gift_rollout_data", "check_whole_groups", "check_gift_batch_sizes"]
@@ -97,7 +97,7 @@ def check_whole_groups(group_ids: torch.Tensor, num_splits: int) -> None:
 def build_gift_rollout_data(
     rollout_batch: Mapping[str, torch.Tensor],
     group_size: int,
-    implicit_baseline: ImplicitBaseline | str = ImplicitBaseline.REFERENCE,
+    implicit_baseline: ImplicitBaseline | str = GiftLossConfig.implicit_baseline,
     eps: float = 1e-6,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
     """GIFT training data (:data:`GIFT_BATCH_KEYS`, groups contiguous) and rollout metrics.
@@ -107,7 +107,12 @@ def build_gift_rollout_data(
             required for the ``reference`` baseline.
         group_size: G, the trainer's ``num_rollouts_per_prompt``.
         implicit_baseline: ``reference`` (pi_ref, ``init_logprobs``) or ``old_policy``
-            (pi_old, ``logprobs``), :class:`~nemo_gift.algorithms.ImplicitBaseline`.
+            (pi_old, ``logprobs``), :class:`~nemo_gift.algorithms.ImplicitBaseline`. The
+            default is the project's, :attr:`GiftLossConfig.implicit_baseline` (``old_policy``).
+            Changed: it was ``reference`` before; :class:`.trainer.GiftTrainer` always passes its
+            loss config's value, so only a direct call that leaves it out changes, and it now
+            reads ``logprobs`` and reports no ``rollout_implicit_reward_mean``: pass
+            ``implicit_baseline="reference"`` for the old behaviour.
         eps: the advantage's eps, for the zero-std metric only.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Rollout engines behind one interface (``interfaces.GenerationBackend``).
+"""Rollout engines behind one interface (:class:`nemo_gift.algorithms.interfaces.GenerationBackend`).
 
 - ``torch_engine.TorchGenerationEngine``: KV-cached, batched, TP-aware, on the policy's own
   megatron-core model; runs anywhere, and is the reference for the GPU engine.
@@ -9,13 +9,3 @@
 
 See ``docs/rollout-refit.md``.
 """
-
-from nemo_gift.models.generation.interfaces import (
-    FinishReason,
-    GenerationBackend,
-    GenerationOutput,
-    HFWeights,
-    SamplingConfig,
-)
-
-__all__ = ["FinishReason", "GenerationBackend", "GenerationOutput", "HFWeights", "SamplingConfig"]

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 
-__all__ = ["filter_logits", "make_generator", "sample", "token_logprobs"]
+__all__ = ["filter_logits", "make_generator", "sample", "token_logprobs", "filters_nothing", "UNMODIFIED"]
+
+UNMODIFIED = SamplingConfig()
+"""Temperature 1, no top-k, no top-p: :func:`token_logprobs` under it are the policy's own log-probs."""
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -30,7 +33,7 @@ def filter_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
 
     Greedy (``temperature == 0``) returns the untempered, unfiltered logits: its sampling
     distribution is a point mass, and the untempered model distribution is what it reports
-    log-probs under (see :mod:`~nemo_gift.models.generation.interfaces`).
+    log-probs under (see :mod:`~nemo_gift.algorithms.interfaces`).
     """
     logits = logits.float()
     if sampling.greedy:
@@ -49,6 +52,14 @@ def filter_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def filters_nothing(sampling: SamplingConfig, vocab: int) -> bool:
+    """True when :func:`filter_logits` returns the logits unchanged (greedy, or temperature 1
+    with top-k and top-p off), so the sampled log-probs are the policy's own."""
+    return sampling.greedy or (
+        sampling.temperature == 1.0 and not 0 < sampling.top_k < vocab and sampling.top_p >= 1.0
+    )
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:

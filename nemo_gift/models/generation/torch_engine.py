@@ -54,10 +54,10 @@ from typing import Literal, Sequence
 
 import torch
 
-from nemo_gift.models.generation.interfaces import FinishReason, GenerationOutput, HFWeights, SamplingConfig
+from nemo_gift.algorithms.interfaces import FinishReason, GenerationOutput, HFWeights, SamplingConfig
 from nemo_gift.models.generation.kv_cache import KVCache, attend
 from nemo_gift.models.generation.lean_forward import LeanForward, unsupported_reason
-from nemo_gift.models.generation.sampling import make_generator, sample
+from nemo_gift.models.generation.sampling import UNMODIFIED, filters_nothing, make_generator, sample, token_logprobs
 from nemo_gift.models.policy.config import ModelConfig
 
 __all__ = ["GenerationStats", "Impl", "MegatronForward", "TorchGenerationEngine"]
@@ -153,7 +153,7 @@ class _CachedAttention(torch.nn.Module):
 
 
 class TorchGenerationEngine:
-    """The :class:`~nemo_gift.models.generation.interfaces.GenerationBackend` on a
+    """The :class:`~nemo_gift.algorithms.interfaces.GenerationBackend` on a
     megatron-core ``GPTModel`` (this rank's TP shard, PP = 1).
 
     Args:
@@ -207,7 +207,7 @@ class TorchGenerationEngine:
     def generate(self, prompts: Sequence[Sequence[int]], n: int = 1,
                  sampling: SamplingConfig | None = None) -> GenerationOutput:
         """Sample ``n`` responses to each prompt; see the padding contract in
-        :mod:`~nemo_gift.models.generation.interfaces`."""
+        :mod:`~nemo_gift.algorithms.interfaces`."""
         sampling = sampling or SamplingConfig()
         if self._asleep:
             raise RuntimeError("the engine is asleep: call wake() before generate()")
@@ -231,9 +231,9 @@ class TorchGenerationEngine:
         return out
 
     def refit(self, weights: HFWeights) -> None:
-        """Load full HF-named tensors (``nemo_gift.export.mapping.export_hf_tensors``) into this
+        """Load full HF-named tensors (``nemo_gift.models.policy.hf_weights.export_hf_tensors``) into this
         rank's shard of the model. Call it after ``wake()``."""
-        from nemo_gift.export.mapping import load_hf_tensors
+        from nemo_gift.models.policy.hf_weights import load_hf_tensors
 
         load_hf_tensors(self.model, self.cfg, weights)
 
@@ -320,6 +320,8 @@ class TorchGenerationEngine:
         # 3. decode, dropping finished rows
         out_tokens = torch.full((rows, max_new), self.pad_token_id, dtype=torch.long, device=device)
         out_logprobs = torch.zeros(rows, max_new, dtype=torch.float32, device=device)
+        own = filters_nothing(sampling, vocab)  # then the sampled log-probs are the policy's own
+        out_policy = out_logprobs if own else torch.zeros_like(out_logprobs)  # [N, max_new]
         out_lengths = torch.zeros(rows, dtype=torch.long)
         reasons: list[FinishReason] = ["length"] * rows
         stop = torch.as_tensor(sampling.stop_token_ids, dtype=torch.long, device=device)
@@ -328,6 +330,8 @@ class TorchGenerationEngine:
             token, logprob = sample(logits, sampling, generator)  # [R], [R]
             out_tokens[active, t] = token
             out_logprobs[active, t] = logprob
+            if not own:
+                out_policy[active, t] = token_logprobs(logits, token, UNMODIFIED)  # [R]
             stopped = torch.isin(token, stop) if stop.numel() else torch.zeros_like(token, dtype=torch.bool)
             done = stopped | (t + 1 == max_new)
             if bool(done.any()):
@@ -352,6 +356,7 @@ class TorchGenerationEngine:
             tokens=out_tokens[:, :width].cpu(),
             lengths=out_lengths,
             logprobs=out_logprobs[:, :width].cpu(),
+            policy_logprobs=out_policy[:, :width].cpu(),
             finish_reasons=reasons,
             prompt_index=torch.arange(num_prompts).repeat_interleave(n),
             pad_token_id=self.pad_token_id,

@@ -80,7 +80,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 
-from nemo_gift.models.generation.interfaces import GenerationOutput, HFWeights, SamplingConfig
+from nemo_gift.algorithms.interfaces import GenerationOutput, HFWeights, SamplingConfig
 from nemo_gift.models.generation.trtllm_runtime import (
     RefitTransport, ReplicaGroup, default_transport, engine_tensor_parallel_size, owner_env,
 )
@@ -205,7 +205,7 @@ def refit_tensors(weights: HFWeights, cfg: ModelConfig, dtype: torch.dtype | str
     """The tensors TRT-LLM's loader gets: HF names checked against ``cfg``, cast to the engine
     dtype, contiguous; with tied embeddings, ``lm_head.weight`` is added as the embedding
     (TRT-LLM may keep a separate output table)."""
-    from nemo_gift.export.mapping import expected_hf_shapes
+    from nemo_gift.models.policy.hf_weights import expected_hf_shapes
 
     dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     shapes = expected_hf_shapes(cfg)
@@ -264,7 +264,7 @@ def config_from_run(run_cfg, tokenizer_dir: str | None = None) -> TrtllmConfig:
     import json
     import tempfile
 
-    from nemo_gift.export.mapping import model_config_to_hf_config
+    from nemo_gift.models.policy.hf_weights import model_config_to_hf_config
 
     model_dir, load_format = run_cfg.init.hf_checkpoint, "auto"
     if model_dir is None:
@@ -335,7 +335,7 @@ def convert_outputs(request_outputs: Sequence[Any], num_prompts: int, n: int, st
 
 
 class TrtllmGenerationEngine:
-    """The :class:`~nemo_gift.models.generation.interfaces.GenerationBackend` on TensorRT-LLM.
+    """The :class:`~nemo_gift.algorithms.interfaces.GenerationBackend` on TensorRT-LLM.
 
     Construct it on every rank of ``replica`` (default: this process alone); the replica's
     first rank owns the ``LLM``. Every method is collective over the replica.

@@ -1,6 +1,6 @@
 """Build a megatron-core ``GPTModel`` (one pipeline stage of it) from the typed configs.
 
-    ps.initialize_model_parallel(tp, pp)      # nemo_gift.distributed.parallel.initialize
+    ps.initialize_model_parallel(tp, pp)      # nemo_gift.models.policy.parallel.initialize
     model = build_gpt_model(model_cfg, parallel_cfg)
 
 The layer spec follows ``parallel.transformer_impl``: the local megatron-core spec on CPU (and
@@ -22,10 +22,10 @@ from nemo_gift.utils.torch_utils import TORCH_DTYPES as _DTYPES
 
 def use_transformer_engine(parallel: ParallelConfig) -> bool:
     """Whether this layout builds Transformer Engine layers (see ``parallel.transformer_impl``)."""
-    from nemo_gift.models.policy import te_spec
+    from nemo_gift.models.policy import te_extra
 
     if parallel.transformer_impl == "auto":
-        return torch.cuda.is_available() and te_spec.transformer_engine_available()
+        return torch.cuda.is_available() and te_extra.transformer_engine_available()
     return parallel.transformer_impl == "transformer_engine"
 
 

@@ -424,14 +424,14 @@ def iter_full_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tens
 
     The names are the local spec's: ``dist_checkpointing`` stores the two pre-linear norms under
     their Transformer Engine names (``linear_qkv.layer_norm_weight``...), mapped back with
-    :func:`nemo_gift.export.mapping.canonical_name`. The SwiGLU ``linear_fc1`` is stored as its
+    :func:`nemo_gift.models.policy.hf_weights.canonical_name`. The SwiGLU ``linear_fc1`` is stored as its
     gate (``weight_w``) and up (``weight_v``) halves and comes back whole, ``[gate; up]``.
     """
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint import load as dcp_load
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from nemo_gift.export.mapping import canonical_name
+    from nemo_gift.models.policy.hf_weights import canonical_name
 
     path = Path(path)
     meta = read_metadata(path)

@@ -4,7 +4,8 @@ One :class:`ModelConfig` describes the decoder-only architectures the project su
 (Llama / DeepSeek-LLM, Qwen2 / Qwen2.5, Qwen3); :class:`ParallelConfig` describes how it is
 split over ranks and how it runs (dtype, layer implementation, :class:`Fp8Config`). All
 validate themselves on construction, so a wrong value fails before any process group or
-weight exists, with a message that names the field.
+weight exists, with a message that names the field (through :mod:`nemo_gift.utils.checks`,
+the project's one validation idiom).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from nemo_gift.config.checks import check_range
+from nemo_gift.models.policy import te_extra
+from nemo_gift.utils.checks import check_choice, check_range
 
 Architecture = Literal["llama", "qwen2", "qwen3"]
 ParamsDtype = Literal["float32", "bfloat16", "float16"]
@@ -20,11 +22,6 @@ TransformerImpl = Literal["auto", "local", "transformer_engine"]
 Fp8Format = Literal["e4m3", "hybrid"]
 Fp8Recipe = Literal["delayed", "tensorwise", "mxfp8", "blockwise"]
 Fp8AmaxAlgo = Literal["most_recent", "max"]
-
-
-def _check_choice(key: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 @dataclasses.dataclass
@@ -68,15 +65,12 @@ class ModelConfig:
     def __post_init__(self):
         for name in (
             "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
-            "make_vocab_size_divisible_by",
+            "make_vocab_size_divisible_by", "max_position_embeddings", "num_query_groups", "kv_channels",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_position_embeddings", "num_query_groups", "kv_channels"):
             check_range(f"model.{name}", getattr(self, name), low=1)
         check_range("model.rotary_base", self.rotary_base, low=0, low_open=True)
         check_range("model.norm_epsilon", self.norm_epsilon, low=0, low_open=True)
-        _check_choice("model.arch", self.arch, ("llama", "qwen2", "qwen3"))
+        check_choice("model.arch", self.arch, Architecture)
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
@@ -148,14 +142,12 @@ class Fp8Config:
     """Keep the GEMM weights themselves in FP8 (saves memory). -> ``fp8_param``."""
 
     def __post_init__(self):
-        _check_choice("parallel.fp8.format", self.format, ("e4m3", "hybrid"))
-        _check_choice("parallel.fp8.recipe", self.recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
-        _check_choice("parallel.fp8.amax_compute_algo", self.amax_compute_algo, ("most_recent", "max"))
+        check_choice("parallel.fp8.format", self.format, Fp8Format)
+        check_choice("parallel.fp8.recipe", self.recipe, Fp8Recipe)
+        check_choice("parallel.fp8.amax_compute_algo", self.amax_compute_algo, Fp8AmaxAlgo)
         for name in ("margin", "high_precision_layers_at_start", "high_precision_layers_at_end"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"parallel.fp8.{name} must be >= 0, got {getattr(self, name)}")
-        if self.amax_history_len < 1:
-            raise ValueError(f"parallel.fp8.amax_history_len must be >= 1, got {self.amax_history_len}")
+            check_range(f"parallel.fp8.{name}", getattr(self, name), low=0)
+        check_range("parallel.fp8.amax_history_len", self.amax_history_len, low=1)
         if self.recipe == "delayed" and (self.high_precision_layers_at_start or self.high_precision_layers_at_end):
             raise ValueError(
                 "parallel.fp8.high_precision_layers_at_start/_at_end need a current-scaling recipe "
@@ -190,22 +182,26 @@ class ParallelConfig:
     extra), or ``auto``: TE where CUDA and TE are both present, else local."""
     fp8: Fp8Config | None = None
     """FP8 training (GPU, Transformer Engine); ``None`` keeps every GEMM in ``params_dtype``."""
+    fused_lm_head_logprobs: bool = True
+    """Compute the policy's and the reference's log-probs inside the LM head, ``logprob_chunk_size``
+    tokens at a time, recomputing each chunk's logits in backward
+    (:mod:`nemo_gift.models.policy.lm_head`): no ``[b*s, V/TP]`` logits tensor exists whole.
+    Equal to the logits path within fp32 rounding (1e-5, tested); costs one more GEMM of the LM
+    head in backward. ``false``: the model returns the logits and
+    :func:`nemo_gift.distributed.logprobs.vocab_parallel_logprobs` reduces them."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+            check_range(f"parallel.{name}", getattr(self, name), low=1)
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("parallel.sequence_parallel=true needs tensor_model_parallel_size > 1")
-        _check_choice("parallel.params_dtype", self.params_dtype, ("float32", "bfloat16", "float16"))
-        _check_choice("parallel.transformer_impl", self.transformer_impl, ("auto", "local", "transformer_engine"))
+        check_choice("parallel.params_dtype", self.params_dtype, ParamsDtype)
+        check_choice("parallel.transformer_impl", self.transformer_impl, TransformerImpl)
         if isinstance(self.fp8, dict):  # from YAML
             self.fp8 = Fp8Config(**self.fp8)
         if self.fp8 is not None or self.transformer_impl == "transformer_engine":
-            from nemo_gift.models.policy import te_spec
-
             what = "parallel.fp8" if self.fp8 is not None else "parallel.transformer_impl=transformer_engine"
-            te_spec.require_transformer_engine(what)
+            te_extra.require_transformer_engine(what)
         if self.fp8 is not None and self.transformer_impl == "local":
             raise ValueError("parallel.fp8 needs the Transformer Engine layers; set parallel.transformer_impl to auto")
 

@@ -9,10 +9,15 @@ per-rank work:
   vocab-parallel reduction (:mod:`nemo_gift.distributed.logprobs`); the last stage's result is
   broadcast over PP, then all-gathered over DP, so every rank returns the whole [N, S].
 - :meth:`train_step`: the mini-batch is dealt over DP ranks and micro-batches in contiguous
-  slices (whole groups whenever the micro-batch size is a multiple of G, as in
-  :func:`nemo_gift.distributed.group_stats.partition_groups`); the objective's loss carries the
-  global normalizer, and is scaled by M*D for backward to undo the schedule's 1/M and DDP's
-  1/D (the contract of :mod:`nemo_gift.distributed.megatron_step`).
+  slices (:func:`nemo_gift.models.policy.step.micro_batches`: whole groups whenever the
+  micro-batch size is a multiple of G); the objective's loss carries the global normalizer, and
+  is scaled by M*D for backward to undo the schedule's 1/M and DDP's 1/D (the contract of
+  :mod:`nemo_gift.models.policy.step`).
+
+With ``max_tokens_per_micro_batch`` set, both deal each DP rank's rows into token-budget
+micro-batches instead (:mod:`nemo_gift.algorithms.packing`: sorted by length, each padded to its
+own longest row), and :meth:`logprobs` puts the rows back in order. ``train_step`` reports the
+padding fraction of the update's micro-batches (all ranks) as ``padding_frac``.
 
 Batches come in on any device (the loop builds them on the CPU); each micro-batch is moved to
 the model's device here, and :meth:`logprobs` returns on the batch's device.
@@ -26,8 +31,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from nemo_gift.algorithms.rollout import select
-from nemo_gift.distributed.megatron_step import forward_logprobs, run_step
+from nemo_gift.algorithms.packing import padding_fraction, plan_micro_batches, sequence_lengths
 from nemo_gift.models.policy import checkpoint
 from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
@@ -35,6 +39,9 @@ from nemo_gift.models.policy.optimizer import (
     OptimizerSettings, apply_settings, build_optimizer, build_scheduler, optimizer_step,
 )
 from nemo_gift.models.policy.reference import ReferenceModel
+from nemo_gift.models.policy.step import (
+    allow_variable_shapes, forward_logprobs, micro_batches, packed_micro_batches, run_step, unpack_rows,
+)
 
 
 class MegatronPolicy:
@@ -42,11 +49,12 @@ class MegatronPolicy:
 
     def __init__(self, model_cfg: ModelConfig, parallel: ParallelConfig, *, micro_batch_size: int,
                  logprob_chunk_size: int | None = None, with_reference: bool = True,
-                 offload_reference: bool = False):
+                 offload_reference: bool = False, max_tokens_per_micro_batch: int | None = None):
         from megatron.core import parallel_state as ps
 
         self.model_cfg, self.parallel = model_cfg, parallel
         self.micro_batch_size, self.chunk = micro_batch_size, logprob_chunk_size
+        self.fused = parallel.fused_lm_head_logprobs
         self.module = build_gpt_model(model_cfg, parallel)
         self.model = wrap_for_training(self.module, parallel)
         self.reference = None
@@ -57,6 +65,9 @@ class MegatronPolicy:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group()
         self.device = next(self.module.parameters()).device
+        self.max_tokens = max_tokens_per_micro_batch
+        if self.max_tokens and parallel.pipeline_model_parallel_size > 1:  # micro-batches differ in [b, S]
+            allow_variable_shapes(self.module, *([self.reference.module] if self.reference else []))
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizer(self, settings: OptimizerSettings) -> None:
@@ -97,20 +108,26 @@ class MegatronPolicy:
         tokens, labels = batch["tokens"], batch["labels"]
         self._check_sequence_length(tokens)
         rows = self._dp_rows(tokens.shape[0])
-        mine_t, mine_l = tokens[rows], labels[rows]
-        b = math.gcd(self.micro_batch_size, mine_t.shape[0])
-        micro = [self._on_device({"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]})
-                 for i in range(0, mine_t.shape[0], b)]
+        plan = None
+        if self.max_tokens:
+            micro, plan, _ = self._packed({"tokens": tokens, "labels": labels, "loss_mask": batch["loss_mask"]})
+        else:
+            mine_t, mine_l = tokens[rows], labels[rows]
+            b = math.gcd(self.micro_batch_size, mine_t.shape[0])
+            micro = [self._on_device({"tokens": mine_t[i:i + b], "labels": mine_l[i:i + b]})
+                     for i in range(0, mine_t.shape[0], b)]
         if reference:
             with self.reference.on_device() as module:
-                local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk)
+                local = forward_logprobs(module, micro, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
         else:
             was_training = self.module.training
             self.module.eval()
             try:
-                local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk)
+                local = forward_logprobs(self.module, micro, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
             finally:
                 self.module.train(was_training)
+        if plan is not None:  # back to the rank's row order and the batch's S
+            local = unpack_rows(local, plan, rows.start, (rows.stop - rows.start, tokens.shape[1]))
         if self.dp_size > 1:
             parts = [torch.empty_like(local) for _ in range(self.dp_size)]
             dist.all_gather(parts, local.contiguous(), group=self.dp_group)
@@ -125,24 +142,34 @@ class MegatronPolicy:
         self._check_sequence_length(batch["tokens"])
         if n % (self.dp_size * group_size):
             raise ValueError(f"{n} rows do not split into groups of {group_size} over {self.dp_size} DP ranks")
-        b = math.gcd(self.micro_batch_size, n // self.dp_size)
-        num_micro = n // (self.dp_size * b)
-        # Micro-batch step j holds rows [j*D*b, (j+1)*D*b); DP rank d takes its d-th slice of b.
-        # A group straddles ranks or micro-batches only when b is not a multiple of G; the
-        # objective then carries group statistics computed over the whole mini-batch.
-        step_rows = self.dp_size * b
-        micro = [
-            self._on_device(select(dict(batch), torch.arange(j * step_rows + self.dp_rank * b,
-                                                             j * step_rows + (self.dp_rank + 1) * b)))
-            for j in range(num_micro)
-        ]
+        if self.max_tokens:
+            micro, _, padding = self._packed(batch)
+        else:
+            micro = [
+                self._on_device(mb) for mb in micro_batches(
+                    batch, dp_rank=self.dp_rank, dp_size=self.dp_size, micro_batch_size=self.micro_batch_size
+                )
+            ]
+            lengths = sequence_lengths(batch["loss_mask"])  # every row padded to the batch's S
+            padding = padding_fraction(lengths, [range(len(lengths))], width=batch["tokens"].shape[1])
         self.optimizer.zero_grad()
-        out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk)
+        out = run_step(self.model, micro, objective, logprob_chunk_size=self.chunk, fused_lm_head=self.fused)
         step = optimizer_step(self.optimizer, self.scheduler)
         result = {"grad_norm": step.grad_norm, "lr": step.lr, "update_ok": float(step.updated)}
         result.update(self._reduce_metrics(out.get("metrics")))
         result["loss"] = out["loss"]
+        result["padding_frac"] = padding
         return result
+
+    def _packed(self, batch: Mapping[str, torch.Tensor]) -> tuple[list[dict], list[list[int]], float]:
+        """This rank's token-budget micro-batches (on the device), their row indices, and the
+        padding fraction of every rank's micro-batches (the plan is the same on every rank)."""
+        pad = self.parallel.sequence_pad_multiple
+        lengths = sequence_lengths(batch["loss_mask"])
+        plan = plan_micro_batches(lengths, dp_size=self.dp_size, max_tokens=self.max_tokens, pad_multiple=pad)
+        micro = packed_micro_batches(batch, plan[self.dp_rank], pad)
+        frac = padding_fraction(lengths, [rows for rank in plan for rows in rank], pad)
+        return [self._on_device(mb) for mb in micro], plan[self.dp_rank], frac
 
     def _reduce_metrics(self, outputs: list[dict] | None) -> dict[str, float]:
         """The objective's metrics averaged over micro-batches and DP ranks, on every rank: sent
@@ -170,7 +197,7 @@ class MegatronPolicy:
 
     def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The current weights under Hugging Face names (full tensors, streamed)."""
-        from nemo_gift.export.mapping import export_hf_tensors
+        from nemo_gift.models.policy.hf_weights import export_hf_tensors
 
         return export_hf_tensors(self.module, self.model_cfg)
 
@@ -178,7 +205,7 @@ class MegatronPolicy:
     def save(self, root: str, step: int, trainer_state: Mapping[str, Any], keep_last: int = 2) -> str:
         """Collectively save weights, optimizer (Adam moments included), LR schedule, RNG and
         ``trainer_state`` (JSON) as ``root/step_{step:06d}``; returns its path."""
-        from nemo_gift.config.convert import to_dict
+        from nemo_gift.utils.convert import to_dict
 
         path = checkpoint.save_checkpoint(
             root, step, self.model, self.optimizer, self.scheduler, trainer_state=dict(trainer_state),

@@ -3,7 +3,8 @@
 It gives the TE layer spec of the policy and maps :class:`~nemo_gift.models.policy.config.Fp8Config`
 onto megatron-core's ``TransformerConfig`` fp8 fields. TE is imported lazily, only when a TE
 spec is built; :func:`transformer_engine_available` looks for it without importing it, so
-config validation on a CPU machine costs nothing and fails with the extra to install.
+config validation on a CPU machine costs nothing and fails with the extra to install
+(:mod:`nemo_gift.models.policy.te_extra`, which the config imports).
 
 What was executed where (TE cannot be installed on the CPU development machines, see
 ``docs/export.md``):
@@ -13,7 +14,7 @@ What was executed where (TE cannot be installed on the CPU development machines,
   0.19.2 as read from their sources: ``get_gpt_layer_with_transformer_engine_spec(
   qk_layernorm=...)`` (``TELayerNormColumnParallelLinear`` for QKV and fc1, so the input and
   pre-MLP RMSNorm weights become ``linear_qkv.layer_norm_weight`` and
-  ``mlp.linear_fc1.layer_norm_weight``, which :mod:`nemo_gift.export.mapping` handles), and the
+  ``mlp.linear_fc1.layer_norm_weight``, which :mod:`nemo_gift.models.policy.hf_weights` handles), and the
   fp8 fields ``fp8``, ``fp8_recipe``, ``fp8_margin``, ``fp8_amax_history_len``,
   ``fp8_amax_compute_algo``, ``fp8_wgrad``, ``fp8_param``, ``first_last_layers_bf16``,
   ``num_layers_at_start_in_bf16`` and ``num_layers_at_end_in_bf16``, which both versions have.
@@ -22,36 +23,8 @@ What was executed where (TE cannot be installed on the CPU development machines,
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 from nemo_gift.models.policy.config import Fp8Config, ModelConfig
-
-INSTALL_HINT = "pip install nemo_gift[gpu]"
-"""The extra that brings Transformer Engine (and TensorRT-LLM)."""
-
-
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency that the config asks for is not installed. A ``ValueError`` too,
-    so config loaders that prefix a key path to validation errors treat it as one."""
-
-
-@functools.lru_cache(maxsize=None)
-def transformer_engine_available() -> bool:
-    """True when a ``transformer_engine`` package is importable (found, not imported)."""
-    try:
-        return importlib.util.find_spec("transformer_engine") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_transformer_engine(what: str) -> None:
-    """Raise :class:`MissingExtraError` naming ``what`` and the extra, when TE is absent."""
-    if not transformer_engine_available():
-        raise MissingExtraError(
-            f"{what} needs NVIDIA Transformer Engine, which is not installed; "
-            f"install the gpu extra: `{INSTALL_HINT}` (on a CUDA machine)"
-        )
+from nemo_gift.models.policy.te_extra import INSTALL_HINT, MissingExtraError, require_transformer_engine
 
 
 def layer_spec(model: ModelConfig):

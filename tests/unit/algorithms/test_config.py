@@ -1,6 +1,7 @@
 """Loss configs: defaults from the spec, string coercion, and validation that names the field."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -50,8 +51,8 @@ def test_strings_from_yaml_become_enums_and_configs_are_frozen():
         ({"beta": float("nan")}, "beta=nan must be a finite number"),
         ({"beta": True}, "beta=True must be a finite number"),
         ({"eps": -1e-6}, "eps=-1e-06 must be >= 0"),
-        ({"implicit_reward": "kl_max"}, "implicit_reward='kl_max' is not one of 'kl_sum', 'kl_average'"),
-        ({"std_guard": "clip"}, "std_guard='clip' is not one of 'std_floor', 'center_only', 'none'"),
+        ({"implicit_reward": "kl_max"}, "implicit_reward='kl_max' is not one of ['kl_sum', 'kl_average']"),
+        ({"std_guard": "clip"}, "std_guard='clip' is not one of ['std_floor', 'center_only', 'none']"),
         ({"std_guard_value": 0.0}, "std_guard_value=0.0 must be > 0"),
         ({"implicit_baseline": "ref"}, "implicit_baseline='ref' is not one of"),
         ({"length_exponent": -0.5}, "length_exponent=-0.5 must be >= 0"),
@@ -61,7 +62,7 @@ def test_strings_from_yaml_become_enums_and_configs_are_frozen():
     ],
 )
 def test_gift_config_rejects_bad_values_naming_the_field(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         GiftLossConfig(**kwargs)
 
 
@@ -72,12 +73,12 @@ def test_gift_config_rejects_bad_values_naming_the_field(kwargs, message):
         ({"clip_eps": 0.0}, "clip_eps=0.0 must be > 0"),
         ({"clip_eps_high": -0.1}, "clip_eps_high=-0.1 must be > 0"),
         ({"beta_kl": -0.001}, "beta_kl=-0.001 must be >= 0"),
-        ({"aggregation": "sum"}, "aggregation='sum' is not one of 'token_mean', 'seq_mean'"),
+        ({"aggregation": "sum"}, "aggregation='sum' is not one of ['token_mean', 'seq_mean']"),
         ({"kl_estimator": "k4"}, "kl_estimator='k4' is not one of"),
     ],
 )
 def test_grpo_config_rejects_bad_values_naming_the_field(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         GrpoLossConfig(**kwargs)
 
 

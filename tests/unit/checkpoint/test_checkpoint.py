@@ -43,7 +43,7 @@ def _train(model, opt, steps, seed):
 def _build(tp):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
     from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 

@@ -82,7 +82,7 @@ def test_no_intact_checkpoint_is_refused_not_started_over(saved, tmp_path):
     """Every finished save went bad (a flipped byte: only the CRC-32 sees it): the resume is
     refused, naming the bad file, instead of a fresh start that would overwrite them."""
     from nemo_gift.launcher.main import load
-    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.utils.convert import ConfigError
     from nemo_gift.config.resume import plan_resume, verified_plan
 
     root, _ = saved

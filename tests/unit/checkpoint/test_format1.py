@@ -57,7 +57,7 @@ def test_format1_is_refused_on_resume_and_still_exports(tmp_path):
     assert "format 1" in str(err.value) and f"python -m nemo_gift.export --checkpoint {path}" in str(err.value)
     assert "init.hf_checkpoint=DIR" in str(err.value)
     # ... and by the launcher's check, before any work
-    from nemo_gift.config.convert import ConfigError
+    from nemo_gift.utils.convert import ConfigError
     from nemo_gift.config.resume import plan_resume
     from nemo_gift.launcher.main import load
 

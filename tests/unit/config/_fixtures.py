@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nemo_gift.config.convert import to_dict
+from nemo_gift.utils.convert import to_dict
 from nemo_gift.config.resume import RUN_CONFIG_KEY
 from nemo_gift.models.policy import checkpoint
 

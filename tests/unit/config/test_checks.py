@@ -10,16 +10,21 @@ import typing
 
 import pytest
 
-from nemo_gift.config.checks import check_range
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.checks import check_range
+from nemo_gift.utils.convert import SECTIONS, ConfigError
 from nemo_gift.config.schema import RunConfig
 from nemo_gift.launcher.main import load
 
 
 def _leaves(cls, prefix=""):
-    """(dotted key, type) of every scalar field, with Optional unwrapped."""
+    """(dotted key, type) of every scalar field, with Optional unwrapped (registry sections, the
+    loss options, under their own names)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if SECTIONS in f.metadata:
+            for key, section in f.metadata[SECTIONS]().items():
+                yield from _leaves(section, f"{prefix}{key}.")
+            continue
         tp = hints[f.name]
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))

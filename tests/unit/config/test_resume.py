@@ -8,7 +8,7 @@ import json
 import pytest
 import torch.distributed as dist
 
-from nemo_gift.config.convert import ConfigError, to_dict
+from nemo_gift.utils.convert import ConfigError, to_dict
 from nemo_gift.config.resume import CHANGES_FILE, config_changes, plan_resume, record_changes, trajectory_changes
 from nemo_gift.config.schema import write_run_config
 from nemo_gift.launcher.main import load
@@ -45,6 +45,7 @@ def test_trajectory_keys_are_flagged(override, key):
     ["checkpoint.every=1", "checkpoint.keep_last=5", "checkpoint.resume=never"],
     ["trainer.eval_every=3", "data.eval_size=32", "rollout.eval_temperature=0.5"],
     ["trainer.micro_batch_size=32", "trainer.logprob_chunk_size=4", "reward.math_verify_workers=4"],
+    ["trainer.max_tokens_per_micro_batch=4096"],
     ["name=other", "run_dir=elsewhere", "sft.cache_dir=null"],
     ["trainer.max_steps=300"],  # a longer run under a constant schedule
 ])

@@ -144,10 +144,11 @@ def test_a_stratum_that_cannot_be_filled_is_named():
 
 def test_build_task_uses_the_pool_and_scores_the_wrong_keys():
     from nemo_gift.launcher.main import load
-    from nemo_gift.train import build_task
+    from nemo_gift.data.task import build_task
+    from nemo_gift.train import task_spec
 
     cfg = load("gift_tiny_scratchpad", ["data.seed=7"])
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     assert len(task.train_records) == 64 and task.train_eval_records == task.train_records[:56]
     assert len(task.eval_records) == 224 and [len(v) for v in task.extra_eval_records.values()] == [8]
     memo = task.extra_eval_records["memo"]

@@ -60,7 +60,7 @@ def test_splits_never_overlap():
     rng = random.Random(0)
     share = sum(task.split_of(task.sample(rng)) is Split.HELDOUT for _ in range(20_000)) / 20_000
     assert 0.035 < share < 0.065
-    other_salt = ArithmeticTask(ArithmeticConfig(split_salt="other"))
+    other_salt = ArithmeticTask(ArithmeticConfig(), split_salt="other")
     assert [other_salt.split_of(p) for p in heldout].count(Split.HELDOUT) < 50
 
 
@@ -72,7 +72,7 @@ def test_difficulty_knobs():
     assert all(10 <= p.a <= 9999 and 10 <= p.b <= 9999 for p in problems)
     assert {len(str(p.a)) for p in problems} == {2, 3, 4}
     assert all(p.answer >= 0 for p in problems if p.op is Operator.SUB)
-    negative = ArithmeticTask(ArithmeticConfig(operators=(Operator.SUB,), allow_negative=True))
+    negative = ArithmeticTask(ArithmeticConfig(operators=(Operator.SUB,)), allow_negative=True)
     assert any(negative.sample(rng).answer < 0 for _ in range(500))
     default = [ArithmeticTask().sample(rng) for _ in range(3000)]
     carries = sum((p.a % 10) + (p.b % 10) >= 10 for p in default) / len(default)
@@ -86,7 +86,7 @@ def test_difficulty_knobs():
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_records_sft_examples_and_verifier_agree(reverse):
-    task = ArithmeticTask(ArithmeticConfig(reverse_answer=reverse, operators=tuple(Operator), allow_negative=True))
+    task = ArithmeticTask(ArithmeticConfig(reverse_answer=reverse, operators=tuple(Operator)), allow_negative=True)
     verifier = get_verifier(task.verifier_name)
     tok = task.tokenizer
     for problem in task.problems("train", 300, seed=7):

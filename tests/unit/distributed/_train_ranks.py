@@ -37,7 +37,7 @@ def batch(step: int) -> dict[str, torch.Tensor]:
 
 def initial_weights() -> dict[str, torch.Tensor]:
     """The TP=1/PP=1 weights drawn from ``INIT_SEED`` (needs a process group; builds no DDP)."""
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ParallelConfig
 
@@ -48,7 +48,7 @@ def initial_weights() -> dict[str, torch.Tensor]:
 
 def build_policy(layout, weights: dict[str, torch.Tensor] | None):
     """A policy at ``layout`` holding ``weights`` (or random ones when None), with Adam."""
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy import sharding
     from nemo_gift.models.policy.megatron_policy import MegatronPolicy
     from nemo_gift.models.policy.optimizer import OptimizerSettings

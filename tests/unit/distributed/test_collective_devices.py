@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from nemo_gift.distributed import logprobs, parallel
+from nemo_gift.distributed import logprobs
 
-PACKAGE = Path(parallel.__file__).resolve().parents[1]
+PACKAGE = Path(logprobs.__file__).resolve().parents[1]
 COLLECTIVES = {"broadcast", "all_reduce", "reduce", "all_gather", "gather", "scatter", "reduce_scatter", "send",
                "recv", "isend", "irecv", "all_to_all_single", "all_gather_into_tensor", "reduce_scatter_tensor"}
 ALLOCATORS = {"empty", "zeros", "ones", "full", "tensor", "rand", "randn", "arange"}
@@ -20,10 +20,10 @@ ALLOCATORS = {"empty", "zeros", "ones", "full", "tensor", "rand", "randn", "aran
 
 def test_collective_device_follows_the_backend(monkeypatch):
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
-    assert parallel.collective_device() == torch.device("cpu")
+    assert logprobs.collective_device() == torch.device("cpu")
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert parallel.collective_device() == torch.device("cuda", 3)
+    assert logprobs.collective_device() == torch.device("cuda", 3)
 
 
 def test_the_pp_broadcast_receives_on_the_groups_device(monkeypatch):

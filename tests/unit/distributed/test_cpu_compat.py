@@ -27,7 +27,7 @@ def _train_step(rank, world_size, tp=1, distributed_optimizer=False):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
     from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 
@@ -159,7 +159,7 @@ def _sequence_parallel_model(rank, world_size, megatron_local_spec):
     """A TP=2 sequence-parallel GPTModel: megatron-core's own local spec, or the project's."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 

@@ -46,7 +46,7 @@ def _tp2_checks(rank, world_size):
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.config import ParallelConfig
 
     parallel.initialize(ParallelConfig(tensor_model_parallel_size=2))

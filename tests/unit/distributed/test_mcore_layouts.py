@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from nemo_gift.distributed.layout_check import compare_layouts
+from nemo_gift.models.policy.layout_check import compare_layouts
 from nemo_gift.distributed.spawn import run_on_ranks
 
 pytestmark = pytest.mark.distributed

@@ -28,21 +28,20 @@ def _batch(vocab):
 def _run(rank, world_size):
     from nemo_gift.algorithms.config import GiftLossConfig
     from nemo_gift.algorithms.normalization import explicit_advantages
-    from nemo_gift.distributed import parallel
-    from nemo_gift.distributed.group_stats import GroupStatsMode, partition_groups
-    from nemo_gift.distributed.layout_check import default_model
-    from nemo_gift.distributed.megatron_step import dp_gift_objective, forward_logprobs, run_step, shard_batch
-    from nemo_gift.models.policy import sharding
+    from nemo_gift.algorithms.objectives import gift_objective
+    from nemo_gift.models.policy import parallel, sharding
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
     from nemo_gift.models.policy.config import ParallelConfig
+    from nemo_gift.models.policy.layout_check import default_model
+    from nemo_gift.models.policy.step import forward_logprobs, micro_batches, run_step
 
     model_cfg = default_model()
     batch, rewards = _batch(model_cfg.vocab_size)
     cfg = GiftLossConfig()
     adv, _ = explicit_advantages(rewards, G, eps=cfg.eps, unbiased=cfg.unbiased_std)
-    partition = partition_groups(K, G, 1, 2)
-    micro = shard_batch(dict(batch, advantages=adv), partition, 0)
-    objective = dp_gift_objective(cfg, num_pairs=G * K, num_groups=K, stats_mode=GroupStatsMode.LOCAL)
+    full = dict(batch, advantages=adv, group_index=torch.arange(G * K) // G)
+    micro = micro_batches(full, dp_rank=0, dp_size=1, micro_batch_size=G)  # 2 micro-batches of one group
+    objective = gift_objective(cfg, num_pairs=G * K, num_groups=K)
     state = None
     out = {}
     for name, recompute in (("plain", False), ("recompute", True)):

@@ -35,7 +35,7 @@ def logits(model, tokens: torch.Tensor):
 
 
 def _compare_export(model, cfg, originals: dict[str, torch.Tensor]) -> dict:
-    from nemo_gift.export.mapping import export_hf_tensors
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors
 
     names, mismatched = [], []
     for name, tensor in export_hf_tensors(model, cfg):
@@ -53,11 +53,11 @@ def import_export_checks(rank, world_size, models: dict, layouts, out_root: str)
     (for the CLI test); at TP=2 it also loads from a reversed stream of tensors."""
     from safetensors.torch import load_file
 
-    from nemo_gift.config.convert import to_dict
-    from nemo_gift.distributed import parallel
+    from nemo_gift.utils.convert import to_dict
+    from nemo_gift.models.policy import parallel
     from nemo_gift.export.hf_export import export_model
     from nemo_gift.export.hf_import import HFCheckpoint, build_from_hf
-    from nemo_gift.export.mapping import load_hf_tensors
+    from nemo_gift.models.policy.hf_weights import load_hf_tensors
     from nemo_gift.models.policy import checkpoint
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ParallelConfig
@@ -103,9 +103,9 @@ def import_export_checks(rank, world_size, models: dict, layouts, out_root: str)
 def load_error_messages(rank, world_size, model_path: str) -> dict:
     """``load_hf_tensors`` names the tensor: an unknown one, a missing one, a wrong shape, both
     as a mapping and as a stream. One rank, TP=1."""
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.export.hf_import import HFCheckpoint
-    from nemo_gift.export.mapping import load_hf_tensors
+    from nemo_gift.models.policy.hf_weights import load_hf_tensors
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ParallelConfig
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from nemo_gift.export import hf_import
 from nemo_gift.export.hf_import import HFCheckpointError, build_from_hf, open_hf_checkpoint
-from nemo_gift.export.mapping import UnsupportedModelError
+from nemo_gift.models.policy.hf_weights import UnsupportedModelError
 from nemo_gift.models.policy.config import ParallelConfig
 
 
@@ -23,7 +23,7 @@ def no_conversion(monkeypatch):
         raise AssertionError("conversion started before the input was validated")
 
     monkeypatch.setattr("nemo_gift.models.policy.builder.build_gpt_model", unreachable)
-    monkeypatch.setattr(hf_import.mapping, "load_hf_tensors", unreachable)
+    monkeypatch.setattr(hf_import.hf_weights, "load_hf_tensors", unreachable)
     monkeypatch.setattr(hf_import.HFCheckpoint, "__getitem__", unreachable)
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from nemo_gift.export.mapping import (
+from nemo_gift.models.policy.hf_weights import (
     UnsupportedModelError,
     expected_hf_shapes,
     hf_config_to_model_config,
@@ -82,7 +82,7 @@ def test_unrepresentable_model_config_is_refused():
 def test_offline_mapping_round_trips_every_tensor(hf_models, name):
     """HF tensors -> full megatron tensors (the fused QKV / gate-up layout, padded vocab) ->
     HF again, without megatron: bit for bit, and the fused QKV rows ordered by query group."""
-    from nemo_gift.export import mapping
+    from nemo_gift.models.policy import hf_weights
 
     from .conftest import read_safetensors_dir
 
@@ -92,7 +92,7 @@ def test_offline_mapping_round_trips_every_tensor(hf_models, name):
     rows = cfg.padded_vocab_size(2)
     back = {}
     for entry in weight_entries(cfg):
-        full = mapping._fuse(entry, [original[h] for h in entry.hf], cfg, rows)
+        full = hf_weights._fuse(entry, [original[h] for h in entry.hf], cfg, rows)
         if entry.kind == "qkv" and entry.mcore.endswith("weight"):
             d, per_group = cfg.head_dim, cfg.num_attention_heads // cfg.query_groups
             group1 = full[(per_group + 2) * d:(per_group + 2) * d * 2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 
 # GQA + QKV bias (Qwen2), and q/k norms + tied embeddings + explicit head dim (Qwen3).
@@ -28,7 +28,7 @@ NEW_TOKENS = 8
 
 def _layout(tp: int) -> None:
     """Set up megatron-core's groups for TP=``tp`` (a collective: every rank calls it)."""
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
 
     parallel.initialize(ParallelConfig(tensor_model_parallel_size=tp), seed=0)
 
@@ -168,9 +168,9 @@ def _distribution_check(sampling: SamplingConfig, draws: int) -> dict:
 def _refit_check() -> dict:
     """Outputs follow new weights after ``refit`` with HF-named tensors from the export mapping."""
     try:
-        from nemo_gift.export.mapping import export_hf_tensors
+        from nemo_gift.models.policy.hf_weights import export_hf_tensors
     except ImportError as e:
-        return {"skipped": f"nemo_gift.export.mapping is not importable: {e}"}
+        return {"skipped": f"nemo_gift.models.policy.hf_weights is not importable: {e}"}
     from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
 
     greedy = SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=0.0)
@@ -232,7 +232,7 @@ def all_checks(rank: int, world_size: int) -> dict:
         res["qwen3"] = _greedy_and_logprob_checks(QWEN3)
         model = _build(QWEN3, 1, seed=31)
         res["tp1"] = _tp_outputs(model, QWEN3)
-        from nemo_gift.export.mapping import export_hf_tensors
+        from nemo_gift.models.policy.hf_weights import export_hf_tensors
 
         hf_weights = [(name, t.clone()) for name, t in export_hf_tensors(model, QWEN3)]
     else:

@@ -52,7 +52,7 @@ def train_runs(rank: int, world_size: int, raws: list[dict], state_dir: str) -> 
 
 def _hf_weights_of(ckpt: str, model_cfg):
     """HF-named full tensors of a checkpoint, through a TP=1 model (a world of one)."""
-    from nemo_gift.export.mapping import export_hf_tensors
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors
     from nemo_gift.models.policy import checkpoint, sharding
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ParallelConfig
@@ -73,15 +73,16 @@ def reference(rank: int, world_size: int, raw: dict, checkpoints: dict[str, str]
 
     from nemo_gift.algorithms.rollout import PromptSampler
     from nemo_gift.config.schema import load_run_config
-    from nemo_gift.distributed import parallel
-    from nemo_gift.models.generation.interfaces import SamplingConfig
+    from nemo_gift.models.policy import parallel
+    from nemo_gift.algorithms.interfaces import SamplingConfig
     from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
     from nemo_gift.models.policy.config import ParallelConfig
-    from nemo_gift.train import build_task
+    from nemo_gift.data.task import build_task
+    from nemo_gift.train import task_spec
 
     cfg = load_run_config(raw, cuda=False)
     parallel.initialize(ParallelConfig(), seed=0)
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     out = {"digests": {}, "greedy": {}}
     for name, ckpt in checkpoints.items():
         model, hf = _hf_weights_of(ckpt, cfg.model)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nemo_gift.models.generation.interfaces import GenerationBackend, GenerationOutput, SamplingConfig
+from nemo_gift.algorithms.interfaces import GenerationBackend, GenerationOutput, SamplingConfig
 from nemo_gift.models.generation.sampling import filter_logits, make_generator, sample, token_logprobs
 from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
 from nemo_gift.models.generation.trtllm_engine import TrtllmGenerationEngine

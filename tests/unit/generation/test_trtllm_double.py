@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 from nemo_gift.models.policy.config import ModelConfig
 from tests.unit.generation._trtllm_ranks import DOUBLES
 
@@ -34,7 +34,7 @@ def double(monkeypatch, tmp_path):
 
 
 def _hf_dir(tmp_path):
-    from nemo_gift.export.mapping import model_config_to_hf_config
+    from nemo_gift.models.policy.hf_weights import model_config_to_hf_config
 
     path = tmp_path / "hf"
     path.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nemo_gift.models.generation import trtllm_engine as te
-from nemo_gift.models.generation.interfaces import SamplingConfig
+from nemo_gift.algorithms.interfaces import SamplingConfig
 from nemo_gift.models.policy.config import ModelConfig
 
 CFG = ModelConfig(arch="qwen2", num_layers=2, hidden_size=8, ffn_hidden_size=12, num_attention_heads=2,
@@ -20,7 +20,7 @@ TIED = ModelConfig(arch="qwen3", num_layers=1, hidden_size=8, ffn_hidden_size=12
 
 
 def _hf_weights(cfg, value=1.0):
-    from nemo_gift.export.mapping import expected_hf_shapes
+    from nemo_gift.models.policy.hf_weights import expected_hf_shapes
 
     return [(name, torch.full(shape, value)) for name, shape in expected_hf_shapes(cfg).items()]
 
@@ -234,7 +234,7 @@ def test_trtllm_matches_torch_engine_and_follows_refit(tmp_path):
 
 def _trtllm_vs_torch(rank, world_size, out_dir):
     from nemo_gift.export.hf_export import export_model
-    from nemo_gift.export.mapping import export_hf_tensors
+    from nemo_gift.models.policy.hf_weights import export_hf_tensors
     from nemo_gift.models.generation.torch_engine import TorchGenerationEngine
     from tests.unit.generation._engine_checks import PROMPTS, QWEN2, _build, _layout
 

@@ -54,7 +54,7 @@ def test_gpu_acceptance_script_is_ready(capsys):
     listed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in listed] == [
         "imports", "trtllm_greedy_vs_hf", "refit_second_model", "sleep_wake_refit", "te_vs_local_spec", "fp8_step",
-        "policy_cpu_batches_resume", "gift_tiny_cuda",
+        "policy_cpu_batches_resume", "fused_lm_head_memory", "engine_pi_old_cuda", "gift_tiny_cuda",
         "gift_tiny_trtllm_te"]
     if not torch.cuda.is_available():
         assert script.main([]) == 3

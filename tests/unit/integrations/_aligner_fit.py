@@ -147,7 +147,7 @@ class LocalRewardClient:
     def __init__(self, tokenizer_dir: str):
         from transformers import PreTrainedTokenizerFast
 
-        from nemo_gift.data.synthetic import ArithmeticVerifier
+        from nemo_gift.rewards.arithmetic import ArithmeticVerifier
 
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
         self.verifier = ArithmeticVerifier()

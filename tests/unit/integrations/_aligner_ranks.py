@@ -23,7 +23,7 @@ VOCAB = 128
 
 
 def _tiny_gpt(tp: int):
-    from nemo_gift.distributed.parallel import initialize
+    from nemo_gift.models.policy.parallel import initialize
     from nemo_gift.models.policy.builder import build_gpt_model
     from nemo_gift.models.policy.config import ModelConfig, ParallelConfig
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nemo_gift.algorithms import GiftLossConfig, gift_loss
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.distributed.spawn import run_on_ranks
 from nemo_gift.integrations.nemo_aligner.loss import (
     METRIC_KEYS,

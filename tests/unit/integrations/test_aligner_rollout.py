@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nemo_gift.algorithms import explicit_advantages
+from nemo_gift.algorithms.config import GiftLossConfig, ImplicitBaseline
 from nemo_gift.integrations.nemo_aligner.rollout import (
     GIFT_BATCH_KEYS,
     build_gift_rollout_data,
@@ -116,6 +117,19 @@ def test_build_gift_rollout_data_moves_rows_together(baseline):
     assert metrics["num_groups"] == 3.0
     assert metrics["zero_explicit_std_frac"] == pytest.approx(zero.float().mean().item())
     assert ("rollout_implicit_reward_mean" in metrics) == (baseline == "reference")
+
+
+def test_the_default_baseline_is_the_projects_old_policy():
+    """Left out, the baseline is GiftLossConfig's default (pi_old, ``logprobs``), as the trainer's."""
+    assert GiftLossConfig().implicit_baseline is ImplicitBaseline.OLD_POLICY
+    rb = aligner_rollout(num_prompts=3, group_size=4, mbs=2, seed=2)
+    data, metrics = build_gift_rollout_data(rb, 4)
+    order, _ = group_by_prompt(rb["prompt_tokens"], rb["prompt_lengths"], 4)
+    assert torch.equal(data["baseline_logprobs"], rb["logprobs"][order])
+    assert not torch.equal(data["baseline_logprobs"], rb["init_logprobs"][order])
+    assert "rollout_implicit_reward_mean" not in metrics
+    explicit, _ = build_gift_rollout_data(rb, 4, "old_policy")
+    assert all(torch.equal(data[k], explicit[k]) for k in GIFT_BATCH_KEYS)
 
 
 def test_reference_baseline_needs_init_logprobs():

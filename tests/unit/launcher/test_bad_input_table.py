@@ -69,6 +69,8 @@ TABLE = [
     ("rollout.eval_temperature=inf", ["rollout.eval_temperature=inf"], "rollout.eval_temperature=inf", None),
     ("rollout.trtllm_gpu_memory_fraction=0", ["rollout.trtllm_gpu_memory_fraction=0"],
      "rollout.trtllm_gpu_memory_fraction=0.0", None),
+    ("rollout.reuse_engine_logprobs with trtllm", ["rollout.engine=trtllm", "rollout.reuse_engine_logprobs=true"],
+     "rollout.reuse_engine_logprobs=true needs rollout.engine=torch", None),
     ("gift.beta=nan", ["gift.beta=nan"], "beta=nan", None),
     ("gift.eps=inf", ["gift.eps=inf"], "eps=inf", None),
     ("grpo.clip_eps=nan", ["grpo.clip_eps=nan"], "clip_eps=nan", None),

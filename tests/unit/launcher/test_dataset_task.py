@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 
 from nemo_gift.launcher.main import load
-from nemo_gift.train import build_task
+from nemo_gift.data.task import build_task
+from nemo_gift.train import task_spec
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "data" / "gsm8k.jsonl"
 
@@ -29,7 +30,7 @@ def test_gsm8k_task_encodes_and_scores(tmp_path):
         "tokenizer.kind=hf", f"tokenizer.path={tmp_path / 'tok'}", "reward.verifier=gsm8k", "sft.steps=0",
         "data.max_prompt_length=1000", "model.max_position_embeddings=1024",
     ])
-    task = build_task(cfg)
+    task = build_task(task_spec(cfg))
     assert len(task.train_records) == 20 and len(task.eval_records) == 4
     first = task.train_records[0]
     ids = task.encode(first)
@@ -43,11 +44,11 @@ def test_gsm8k_task_encodes_and_scores(tmp_path):
 def _task(tmp_path, *overrides, dataset="gsm8k", fixture=FIXTURE):
     if not (tmp_path / "tok").exists():
         _char_tokenizer(tmp_path / "tok")
-    return build_task(load("gift_tiny", [
+    return build_task(task_spec(load("gift_tiny", [
         f"data.dataset={dataset}", f"data.train_path={fixture}", f"data.eval_path={fixture}", "data.eval_size=4",
         "tokenizer.kind=hf", f"tokenizer.path={tmp_path / 'tok'}", f"reward.verifier={dataset}", "sft.steps=0",
         "model.max_position_embeddings=1024", *overrides,
-    ]))
+    ])))
 
 
 def test_data_max_prompt_length_filters_long_prompts(tmp_path, caplog):
@@ -64,10 +65,10 @@ def test_data_max_prompt_length_filters_long_prompts(tmp_path, caplog):
 
 
 def test_arithmetic_prompts_are_filtered_too():
-    task = build_task(load("gift_tiny", ["data.max_prompt_length=6"]))
+    task = build_task(task_spec(load("gift_tiny", ["data.max_prompt_length=6"])))
     kept = {len(task.encode(r)) for r in task.train_records + task.eval_records}
     assert kept and max(kept) <= 6  # <bos> a + b =: the 2+2-digit sums (7 tokens) are gone
-    full = build_task(load("gift_tiny", []))
+    full = build_task(task_spec(load("gift_tiny", [])))
     assert max(len(full.encode(r)) for r in full.train_records) == 7
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.config.schema import load_run_config
 from nemo_gift.launcher.main import compose
 

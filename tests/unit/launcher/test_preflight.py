@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.launcher import preflight
 from nemo_gift.launcher.main import DEFAULT_CONF_DIR, load
 from nemo_gift.models.policy.meta_build import distinct_stages, stage_parameter_counts
@@ -15,6 +15,8 @@ from nemo_gift.models.policy.meta_build import distinct_stages, stage_parameter_
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = sorted(p.stem for p in DEFAULT_CONF_DIR.glob("*.yaml") if p.stem not in ("base", "export"))
 GIB = 2**30
+QWEN = "gift_qwen2.5-32b-instruct_gsm8k_4n8g"  # 4 nodes x 8 GPUs, TP=8, GSM8K
+DEEPSEEK = "gift_deepseek-llm-7b-chat_gsm8k_1n8g"
 
 
 def qwen25_32b_per_gpu(tp: int, layers: int, first: bool, last: bool) -> int:
@@ -27,22 +29,22 @@ def qwen25_32b_per_gpu(tp: int, layers: int, first: bool, last: bool) -> int:
 
 
 def test_meta_build_counts_match_the_architecture():
-    cfg = load("gift_qwen32b", [])
+    cfg = load(QWEN, [])
     assert stage_parameter_counts(cfg.model, cfg.parallel) == {0: qwen25_32b_per_gpu(8, 64, True, True)}
     # TP=2 x PP=4: a replica of 8 GPUs, one node (a TensorRT-LLM engine spans one replica)
-    pp4 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=4"])
+    pp4 = load(QWEN, ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=4"])
     counts = stage_parameter_counts(pp4.model, pp4.parallel)
     assert distinct_stages(4) == [0, 1, 3]
     assert counts == {0: qwen25_32b_per_gpu(2, 16, True, False), 1: qwen25_32b_per_gpu(2, 16, False, False),
                       3: qwen25_32b_per_gpu(2, 16, False, True)}
-    tp1 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=1", "cluster.nodes=1", "cluster.tasks_per_node=1",
+    tp1 = load(QWEN, ["parallel.tensor_model_parallel_size=1", "cluster.nodes=1", "cluster.tasks_per_node=1",
                                 "cluster.gpus_per_node=1", "trainer.micro_batch_size=4",
                                 "parallel.sequence_parallel=false"])
     assert sum(stage_parameter_counts(tp1.model, tp1.parallel).values()) == 32_763_876_352  # Qwen2.5-32B's count
 
 
-def test_memory_terms_of_gift_qwen32b_by_hand():
-    cfg = load("gift_qwen32b", [])
+def test_memory_terms_of_the_qwen2_5_32b_gsm8k_recipe_by_hand():
+    cfg = load(QWEN, [])
     P = qwen25_32b_per_gpu(8, 64, True, True)
     (stage,) = preflight.estimate(cfg, {0: P})
     train = {t.name: t.bytes for t in stage.phases["train"]}
@@ -51,11 +53,15 @@ def test_memory_terms_of_gift_qwen32b_by_hand():
     assert "reference model" not in train  # GIFT's default baseline is pi_old
     s, b, h, f, tp = 2048, 2, 5120, 27648, 8
     assert train["activations"] == pytest.approx(s * b * h * (18 + 6 * f / h) / tp * 64 + 8 * s * b)
-    assert train["logits + log-prob work"] == pytest.approx(2 * b * s * 152064 / tp + 8 * 256 * 152064 / tp)
+    # parallel.fused_lm_head_logprobs (default): one bf16 [256, V/TP] chunk of logits and its fp32 copy
+    assert train["logits + log-prob work"] == pytest.approx((2 + 4) * 256 * 152064 / tp)
+    unfused = preflight.estimate(load("gift_qwen32b", ["parallel.fused_lm_head_logprobs=false"]), {0: P})[0]
+    unfused_train = {t.name: t.bytes for t in unfused.phases["train"]}
+    assert unfused_train["logits + log-prob work"] == pytest.approx(2 * b * s * 152064 / tp + 8 * 256 * 152064 / tp)
     rollout = {t.name: t.bytes for t in stage.phases["rollout"]}
     free = 80 * GIB - 2 * GIB - (2 + 4 + 3) * P - 2 * P
     assert rollout["KV cache (TRT-LLM)"] == pytest.approx(0.4 * free)
-    grpo = {t.name: t.bytes for t in preflight.estimate(load("grpo_qwen32b", []), {0: P})[0].phases["train"]}
+    grpo = {t.name: t.bytes for t in preflight.estimate(load("grpo_qwen2.5-32b-instruct_gsm8k_4n8g", []), {0: P})[0].phases["train"]}
     assert grpo["reference model"] == 2 * P  # beta_kl = 0.001 > 0
 
 
@@ -71,8 +77,8 @@ def test_every_recipe_passes_preflight_and_prints_its_table(name, capsys):
 
 
 def test_h200_cluster_and_pipeline_parallel_variant_pass():
-    assert load("gift_qwen32b", ["cluster=dgx_h200"]).cluster.gpu_memory_gb == 141
-    pp2 = load("gift_qwen32b", ["parallel.tensor_model_parallel_size=4", "parallel.pipeline_model_parallel_size=2"])
+    assert load(QWEN, ["cluster=dgx_h200"]).cluster.gpu_memory_gb == 141
+    pp2 = load(QWEN, ["parallel.tensor_model_parallel_size=4", "parallel.pipeline_model_parallel_size=2"])
     (first, last) = preflight.check(pp2, print_table=False)
     # TensorRT-LLM shards its copy over all TP x PP = 8 GPUs of the replica, so it weighs what the
     # TP=8 recipe's does, and it holds every layer's KV heads: 8 query groups / 8 GPUs.
@@ -88,15 +94,15 @@ def _launch(*args):
 
 
 def test_refused_tp_that_does_not_divide_the_heads():
-    out = _launch("conf=gift_qwen32b", "parallel.tensor_model_parallel_size=16")
+    out = _launch(f"conf={QWEN}", "parallel.tensor_model_parallel_size=16")
     assert out.returncode == 2
     assert "parallel.tensor_model_parallel_size=16 does not divide model.num_attention_heads=40" in out.stderr
 
 
 def test_refused_recipe_that_does_not_fit_80gb_names_the_largest_term():
-    out = _launch("conf=gift_qwen32b", "parallel.tensor_model_parallel_size=2", "trainer.micro_batch_size=1")
+    out = _launch(f"conf={QWEN}", "parallel.tensor_model_parallel_size=2", "trainer.micro_batch_size=1")
     assert out.returncode == 2, out.stdout[-2000:]
-    assert "gift_qwen32b does not fit cluster.gpu_memory_gb=80" in out.stderr
+    assert f"{QWEN} does not fit cluster.gpu_memory_gb=80" in out.stderr
     assert "the largest term is gradients (fp32) (61.0 GiB)" in out.stderr
     assert "Fix: raise parallel.pipeline_model_parallel_size" in out.stderr
     assert "memory per GPU" in out.stdout  # the table comes first
@@ -105,11 +111,11 @@ def test_refused_recipe_that_does_not_fit_80gb_names_the_largest_term():
 def test_refused_activations_suggest_recompute_which_then_fits():
     over = ["trainer.micro_batch_size=16", "trainer.logprob_chunk_size=1024"]
     with pytest.raises(ConfigError, match=r"largest term is activations .* Fix: set parallel.recompute_activations=true"):
-        preflight.check(load("gift_deepseek7b_gsm8k", over), print_table=False)
-    preflight.check(load("gift_deepseek7b_gsm8k", over + ["parallel.recompute_activations=true"]), print_table=False)
+        preflight.check(load(DEEPSEEK, over), print_table=False)
+    preflight.check(load(DEEPSEEK, over + ["parallel.recompute_activations=true"]), print_table=False)
 
 
 def test_refused_sequence_padding_past_the_position_table():
-    cfg = load("gift_qwen32b", ["data.max_prompt_length=1023", "model.max_position_embeddings=2047"])
+    cfg = load(QWEN, ["data.max_prompt_length=1023", "model.max_position_embeddings=2047"])
     with pytest.raises(ConfigError, match=r"padded sequence length 2048 .* rounded up to 8 .*model.max_position_embeddings=2047"):
         preflight.check(cfg, print_table=False)

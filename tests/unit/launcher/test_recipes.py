@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError
+from nemo_gift.utils.convert import ConfigError
 from nemo_gift.config.schema import RunConfig, load_run_config, read_run_config, write_run_config
 from nemo_gift.launcher.main import DEFAULT_CONF_DIR, compose, load, parse_argv
 
@@ -12,9 +12,10 @@ RECIPES = sorted(p.stem for p in DEFAULT_CONF_DIR.glob("*.yaml") if p.stem not i
 
 
 def test_there_are_paper_recipes_for_both_methods():
-    for name in ("gift_tiny", "grpo_tiny", "gift_qwen32b", "grpo_qwen32b", "gift_deepseek7b_gsm8k",
-                 "gift_deepseek7b_math", "gift_qwen3-32b_dapo", "gift_qwen2.5-32b_dapo",
-                 "gift_deepseek7b_rlhf", "gift_qwen32b_rlhf"):
+    for name in ("gift_tiny", "grpo_tiny", "gift_qwen2.5-32b-instruct_gsm8k_4n8g",
+                 "grpo_qwen2.5-32b-instruct_gsm8k_4n8g", "gift_deepseek-llm-7b-chat_gsm8k_1n8g",
+                 "gift_deepseek-llm-7b-chat_math_1n8g", "gift_qwen3-32b_dapo_4n8g", "gift_qwen2.5-32b_dapo_4n8g",
+                 "gift_deepseek-llm-7b-chat_rlhf_2n8g", "gift_qwen2.5-32b-instruct_rlhf_4n8g"):
         assert name in RECIPES
     for name in RECIPES:
         if name.startswith("gift_"):
@@ -30,15 +31,15 @@ def test_recipe_composes_and_validates(name):
 
 
 def test_paper_settings():
-    gift, grpo = load("gift_qwen32b", []), load("grpo_qwen32b", [])
-    assert (gift.optim.lr, gift.gift.beta) == (3e-6, 1.0)
-    assert (grpo.optim.lr, grpo.grpo.beta_kl) == (1e-6, 0.001)
+    gift, grpo = load("gift_qwen2.5-32b-instruct_gsm8k_4n8g", []), load("grpo_qwen2.5-32b-instruct_gsm8k_4n8g", [])
+    assert (gift.optim.lr, gift.algorithm_options["gift"].beta) == (3e-6, 1.0)
+    assert (grpo.optim.lr, grpo.algorithm_options["grpo"].beta_kl) == (1e-6, 0.001)
     for cfg in (gift, grpo):
         assert (cfg.trainer.prompts_per_step, cfg.trainer.mini_batch_prompts, cfg.trainer.epochs) == (1024, 256, 15)
         assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 1024)
         assert cfg.parallel.tensor_model_parallel_size == 8 and cfg.cluster.world_size == 32
-    assert load("gift_qwen3-32b_dapo", []).model.qk_layernorm is True
-    assert load("gift_qwen3-32b_dapo", []).data.eval_dataset == "aime"
+    assert load("gift_qwen3-32b_dapo_4n8g", []).model.qk_layernorm is True
+    assert load("gift_qwen3-32b_dapo_4n8g", []).data.eval_dataset == "aime"
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -93,6 +94,9 @@ INVALID = [
     (["+trainer.lrr=0.1"], "trainer.lrr"),
     (["trainer.max_steps=ten"], "trainer.max_steps"),
     (["model.arch=gpt2"], "model.arch"),
+    (["trainer.max_tokens_per_micro_batch=0"], "trainer.max_tokens_per_micro_batch=0"),
+    (["trainer.max_tokens_per_micro_batch=8"], "trainer.max_tokens_per_micro_batch=8 cannot hold one row"),
+    (["trainer.max_tokens_per_micro_batch=4096", "gift.detach_implicit_stats=false"], "detach_implicit_stats=false"),
 ]
 
 
@@ -101,6 +105,11 @@ def test_invalid_config_is_refused_naming_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as err:
         _tiny(overrides)
     assert fragment in str(err.value), str(err.value)
+
+
+def test_a_token_budget_that_holds_the_longest_row_validates():
+    cfg = _tiny(["trainer.max_tokens_per_micro_batch=4096"])
+    assert cfg.trainer.max_tokens_per_micro_batch == 4096 and _tiny([]).trainer.max_tokens_per_micro_batch is None
 
 
 def test_there_are_at_least_15_invalid_cases():

@@ -18,6 +18,8 @@ INPUTS = [
     "data.arithmetic.max_digits=3", "data.arithmetic.teacher_carry_drop=0.5", "data.arithmetic.heldout_fraction=0.2",
     "trainer.micro_batch_size=32",               # the policy's gradient accumulation
     "trainer.logprob_chunk_size=4",
+    "parallel.fused_lm_head_logprobs=false",     # another summation order of the LM head's log-probs
+    "trainer.max_tokens_per_micro_batch=4096",   # another micro-batching
 ]
 NOT_INPUTS = [
     "optim.lr=1e-3", "optim.warmup_steps=0", "seed=99", "rollout.temperature=0.5", "gift.beta=0.5",

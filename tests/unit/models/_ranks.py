@@ -39,7 +39,7 @@ def _full(model, attr: str = "param"):
 
 
 def optimizer_and_reference_checks(rank, world_size) -> dict:
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy.builder import build_gpt_model, wrap_for_training
     from nemo_gift.models.policy.config import ParallelConfig
     from nemo_gift.models.policy.optimizer import (

@@ -27,7 +27,7 @@ def _adam_state(policy) -> list[torch.Tensor]:
 
 
 def resumed_with_new_settings(rank, world_size, root, old, new) -> dict:
-    from nemo_gift.distributed import parallel
+    from nemo_gift.models.policy import parallel
     from nemo_gift.models.policy import checkpoint
     from nemo_gift.models.policy.config import ParallelConfig
     from nemo_gift.models.policy.optimizer import optimizer_step

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_gift.config.convert import ConfigError, from_dict
-from nemo_gift.models.policy import builder, te_spec
+from nemo_gift.utils.convert import ConfigError, from_dict
+from nemo_gift.models.policy import builder, te_extra
 from nemo_gift.models.policy.config import Fp8Config, ModelConfig, ParallelConfig
 
 MODEL = ModelConfig(arch="qwen3", num_layers=4, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
@@ -30,12 +30,12 @@ def test_padded_vocab_size(vocab, unit, tp, rows):
 
 @pytest.fixture
 def no_te(monkeypatch):
-    monkeypatch.setattr(te_spec, "transformer_engine_available", lambda: False)
+    monkeypatch.setattr(te_extra, "transformer_engine_available", lambda: False)
 
 
 @pytest.fixture
 def fake_te(monkeypatch):
-    monkeypatch.setattr(te_spec, "transformer_engine_available", lambda: True)
+    monkeypatch.setattr(te_extra, "transformer_engine_available", lambda: True)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def fake_te(monkeypatch):
     [({"fp8": Fp8Config()}, "parallel.fp8"), ({"transformer_impl": "transformer_engine"}, "transformer_impl")],
 )
 def test_fp8_without_transformer_engine_names_the_extra(no_te, kwargs, what):
-    with pytest.raises(te_spec.MissingExtraError, match=r"pip install nemo_gift\[gpu\]") as err:
+    with pytest.raises(te_extra.MissingExtraError, match=r"pip install nemo_gift\[gpu\]") as err:
         ParallelConfig(**kwargs)
     assert what in str(err.value)
 
