@@ -83,6 +83,8 @@ def _args(argv=None):
     ap.add_argument("--min-new", type=int, default=16)
     ap.add_argument("--max-new", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=16, help="sequences per micro-batch (both sides)")
+    ap.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
+                    help="the project's token budget (trainer.max_tokens_per_micro_batch); TRL keeps --micro-batch")
     ap.add_argument("--warmup", type=int, default=1, help="steps per side before the timed ones")
     ap.add_argument("--rounds", type=int, default=3, help="timed steps per side, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side")
@@ -199,10 +201,12 @@ def _project_setup(args, algorithm: str, export_dir: str | None):
     sampling = SamplingConfig(max_new_tokens=args.max_new, temperature=1.0)
     loop_cfg = LoopConfig(algorithm=algorithm, max_steps=args.warmup + args.rounds, group_size=args.group,
                           mini_batch_prompts=args.prompts, micro_batch_size=args.micro_batch, eval_every=0,
+                          max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
                           checkpoint_every=0, keep_last=1, sampling=sampling, eval_sampling=sampling, seed=args.seed)
     loop_cfg = dataclasses.replace(loop_cfg, **_loop_overrides(args.loop))
     entry = get_algorithm(algorithm)
     policy = MegatronPolicy(cfg, layout, micro_batch_size=args.micro_batch,
+                            max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
                             with_reference=entry.needs_reference(loop_cfg.algorithm_options.get(algorithm) or entry.options()))
     policy.sync_reference()
     policy.configure_optimizer(OptimizerSettings(lr=1e-6, clip_grad=1.0))
