@@ -207,7 +207,7 @@ def _project_setup(args, algorithm: str, export_dir: str | None):
     entry = get_algorithm(algorithm)
     policy = MegatronPolicy(cfg, layout, micro_batch_size=args.micro_batch,
                             max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
-                            with_reference=entry.needs_reference(loop_cfg.algorithm_options.get(algorithm) or entry.options()))
+                            with_reference=entry.needs_reference(loop_cfg.options()))
     policy.sync_reference()
     policy.configure_optimizer(OptimizerSettings(lr=1e-6, clip_grad=1.0))
     if export_dir is not None:

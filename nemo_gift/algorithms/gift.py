@@ -71,6 +71,10 @@ class LoopConfig:
     """The engine's log-probs of the policy's own distribution (``GenerationOutput.policy_logprobs``)
     serve as pi_old when the training forward cannot (more than one optimizer step per batch)."""
 
+    def options(self):
+        """The options of ``algorithm``: from ``algorithm_options``, else its dataclass's defaults."""
+        return self.algorithm_options.get(self.algorithm) or get_algorithm(self.algorithm).options()
+
 
 @dataclasses.dataclass
 class LoopParts:
@@ -207,7 +211,7 @@ def update(parts: LoopParts, cfg: LoopConfig, batch: dict[str, torch.Tensor], re
     G, metrics = cfg.group_size, {}
     n = rewards.shape[0]
     algorithm = get_algorithm(cfg.algorithm)
-    options = cfg.algorithm_options.get(cfg.algorithm) or algorithm.options()  # its own eps and std estimator
+    options = cfg.options()  # its own eps and std estimator
     adv, zero_std = explicit_advantages(rewards, G, eps=options.eps, unbiased=options.unbiased_std)  # [N], [B]
     batch = dict(batch, advantages=adv, group_index=torch.arange(n) // G)  # [N], [N]
     needed = algorithm.logprobs(options)

@@ -97,6 +97,12 @@ class RunConfig:
         """The options of the run's algorithm (``trainer.algorithm``)."""
         return self.algorithm_options[self.trainer.algorithm]
 
+    def longest_row(self) -> int:
+        """The longest token row a batch can hold: ``data.max_prompt_length +
+        rollout.max_new_tokens``, padded to ``parallel.sequence_pad_multiple``."""
+        return padded_length(self.data.max_prompt_length + self.rollout.max_new_tokens,
+                             self.parallel.sequence_pad_multiple)
+
 
 def _check_paths(cfg: RunConfig) -> None:
     """Every path's kind (file or directory) and writability; only where the run executes here."""
@@ -162,7 +168,7 @@ def _check_token_budget(cfg: RunConfig) -> None:
     budget = cfg.trainer.max_tokens_per_micro_batch
     if budget is None:
         return
-    longest = padded_length(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, cfg.parallel.sequence_pad_multiple)
+    longest = cfg.longest_row()
     if budget < longest:
         raise ConfigError(
             f"trainer.max_tokens_per_micro_batch={budget} cannot hold one row of up to {longest} tokens "

@@ -74,7 +74,7 @@ def layout(cfg) -> list[tuple[str, str]]:
     per_rank = t.mini_batch_prompts * G // dp
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     mult = p.sequence_pad_multiple
-    s = -(-s_raw // mult) * mult
+    s = cfg.longest_row()
     if s > m.max_position_embeddings:
         raise ConfigError(
             f"the padded sequence length {s} (data.max_prompt_length + rollout.max_new_tokens = {s_raw}, "
@@ -240,8 +240,7 @@ def estimate(cfg, counts: dict[int, int]) -> list[StageEstimate]:
     p = cfg.parallel
     pp, w, dp = p.pipeline_model_parallel_size, _DTYPE_BYTES[p.params_dtype], _dp(cfg)
     s_raw = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    mult = p.sequence_pad_multiple
-    s = -(-s_raw // mult) * mult
+    s = cfg.longest_row()
     engine_params = sum(counts[k] * (pp - 2 if 0 < k < pp - 1 else 1) for k in counts)
     reward, reward_note = reward_model_bytes(cfg)
     out = []
